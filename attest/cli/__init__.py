@@ -1,0 +1,1 @@
+"""attestctl: the operator's command line."""

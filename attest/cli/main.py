@@ -1,0 +1,39 @@
+"""attestctl entry point: builds the command tree from one module per command group."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from attest import __version__
+from attest.cli._common import ArgumentParser, run
+
+DESCRIPTION = """\
+Operate TPM node attestation: inspect and replay boot and IMA logs, appraise evidence
+offline, and build reference policies from known-good machines.
+
+Exit codes: 0 success (or trusted), 1 appraised and untrusted, 2 unusable input or usage.
+Every command takes --json to print one JSON document on stdout.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Imported here, not at module level, so `attestctl --version` does no work.
+    from attest.cli import cmd_eventlog
+
+    parser = ArgumentParser(
+        prog="attestctl", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"attestctl {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for module in (cmd_eventlog,):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run("attestctl", build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

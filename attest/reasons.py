@@ -1,0 +1,74 @@
+"""Reason codes: why an appraisal, enrollment or admission decision went the way it did.
+
+The string values are a stable, documented interface (docs/reason-codes.md): operators
+alert on them and scripts match them. Add codes; never rename or reuse one.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Reason(enum.StrEnum):
+    # Freshness (DESIGN 4.1)
+    NONCE_UNKNOWN = "nonce_unknown"
+    NONCE_EXPIRED = "nonce_expired"
+    NONCE_REUSED = "nonce_reused"
+    NONCE_WRONG_NODE = "nonce_wrong_node"
+
+    # Quote and signature (DESIGN 4.2, SECURITY "Quote and signature")
+    QUOTE_MALFORMED = "quote_malformed"
+    QUOTE_BAD_MAGIC = "quote_bad_magic"
+    QUOTE_WRONG_TYPE = "quote_wrong_type"
+    QUOTE_NONCE_MISMATCH = "quote_nonce_mismatch"
+    QUOTE_PCR_SELECTION_MISMATCH = "quote_pcr_selection_mismatch"
+    QUOTE_SIGNATURE_MALFORMED = "quote_signature_malformed"
+    QUOTE_SIGNATURE_SCHEME_MISMATCH = "quote_signature_scheme_mismatch"
+    QUOTE_SIGNATURE_INVALID = "quote_signature_invalid"
+    QUOTE_CLOCK_ROLLBACK = "quote_clock_rollback"
+    QUOTE_SHA1_NOT_ALLOWED = "quote_sha1_not_allowed"
+    AK_MALFORMED = "ak_malformed"
+    AK_NOT_BOUND = "ak_not_bound"
+
+    # PCR values (DESIGN 4.3)
+    PCR_VALUES_MALFORMED = "pcr_values_malformed"
+    PCR_DIGEST_MISMATCH = "pcr_digest_mismatch"
+
+    # TCG event log (DESIGN 4.4)
+    EVENTLOG_MISSING = "eventlog_missing"
+    EVENTLOG_MALFORMED = "eventlog_malformed"
+    EVENTLOG_BANK_MISSING = "eventlog_bank_missing"
+    EVENTLOG_REPLAY_MISMATCH = "eventlog_replay_mismatch"
+
+    # IMA (DESIGN 4.5, SECURITY "IMA")
+    IMA_MALFORMED = "ima_malformed"
+    IMA_UNKNOWN_ALGORITHM = "ima_unknown_algorithm"
+    IMA_TEMPLATE_HASH_MISMATCH = "ima_template_hash_mismatch"
+    IMA_REPLAY_MISMATCH = "ima_replay_mismatch"
+    IMA_BOOT_AGGREGATE_MISMATCH = "ima_boot_aggregate_mismatch"
+    IMA_SIGNATURE_INVALID = "ima_signature_invalid"
+
+    # Container launch log (PCR 23)
+    CONTAINERLOG_MALFORMED = "containerlog_malformed"
+    CONTAINERLOG_REPLAY_MISMATCH = "containerlog_replay_mismatch"
+
+    # Reference policy (DESIGN 4.5)
+    POLICY_INVALID = "policy_invalid"
+    POLICY_PCR_MISMATCH = "policy_pcr_mismatch"
+    POLICY_EVENT_NOT_ALLOWED = "policy_event_not_allowed"
+    POLICY_SECURE_BOOT_DISABLED = "policy_secure_boot_disabled"
+    POLICY_SECURE_BOOT_KEYS = "policy_secure_boot_keys"
+    POLICY_KERNEL_CMDLINE = "policy_kernel_cmdline"
+    POLICY_IMA_NOT_ALLOWED = "policy_ima_not_allowed"
+    POLICY_IMAGE_NOT_ALLOWED = "policy_image_not_allowed"
+
+    # Enrollment (SECURITY "Enrollment")
+    EK_CERT_MALFORMED = "ek_cert_malformed"
+    EK_CERT_UNTRUSTED = "ek_cert_untrusted"
+    EK_KEY_MISMATCH = "ek_key_mismatch"
+    EK_NOT_ENROLLED = "ek_not_enrolled"
+    AK_ATTRIBUTES_INVALID = "ak_attributes_invalid"
+    CREDENTIAL_INVALID = "credential_invalid"
+
+    # Fail closed: any unexpected error during appraisal.
+    INTERNAL_ERROR = "internal_error"

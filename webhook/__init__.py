@@ -1,0 +1,1 @@
+"""The verifier's HTTP service: agent API, Kubernetes admission, metrics and health."""
