@@ -64,6 +64,6 @@ def run(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
         print(f"{prog}: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-    except Exception as e:  # noqa: BLE001 - fail closed with a one-line message, never a traceback
+    except Exception as e:  # fail closed: a one-line message, never a traceback
         print(f"{prog}: internal error: {type(e).__name__}: {e}", file=sys.stderr)
     return EXIT_USAGE
