@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -241,6 +242,16 @@ def test_stop_succeeds_while_a_client_holds_the_data_socket(swtpm: SwtpmInstance
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as holder:
         holder.connect(str(swtpm.socket_path))
         swtpm.stop()
+    assert not swtpm.running
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_stop_kills_a_swtpm_that_does_not_answer(swtpm: SwtpmInstance) -> None:
+    """A hung swtpm (here: stopped by SIGSTOP, so it ignores its control channel and SIGTERM) is killed."""
+    pid = swtpm.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    swtpm.stop(timeout=0.5)
     assert not swtpm.running
     assert not Path(f"/proc/{pid}").exists()
 
