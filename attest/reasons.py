@@ -6,6 +6,7 @@ alert on them and scripts match them. Add codes; never rename or reuse one.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 
 
@@ -62,6 +63,9 @@ class Reason(enum.StrEnum):
     POLICY_KERNEL_CMDLINE = "policy_kernel_cmdline"
     POLICY_IMA_NOT_ALLOWED = "policy_ima_not_allowed"
     POLICY_IMAGE_NOT_ALLOWED = "policy_image_not_allowed"
+    # A rule judges events of a PCR that the quote did not cover or the log did not replay to.
+    POLICY_PCR_UNVERIFIED = "policy_pcr_unverified"
+    POLICY_IMA_VIOLATION = "policy_ima_violation"
 
     # Enrollment (SECURITY "Enrollment")
     EK_CERT_MALFORMED = "ek_cert_malformed"
@@ -74,3 +78,22 @@ class Reason(enum.StrEnum):
 
     # Fail closed: any unexpected error during appraisal.
     INTERNAL_ERROR = "internal_error"
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One failed check: the stable code, a sentence a person can act on, and where it broke."""
+
+    code: Reason
+    message: str
+    rule: str | None = None  # "boot/efi_applications": the policy section and rule that failed
+    pcr: int | None = None
+    event: int | None = None  # index of the event-log or IMA entry that broke it
+
+    def to_json(self) -> dict[str, object]:
+        doc: dict[str, object] = {"code": self.code.value, "message": self.message}
+        for key in ("rule", "pcr", "event"):
+            value = getattr(self, key)
+            if value is not None:
+                doc[key] = value
+        return doc
