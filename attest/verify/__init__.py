@@ -1,0 +1,1 @@
+"""Verifier side: pure-Python appraisal of TPM evidence (no TPM needed)."""
