@@ -1,0 +1,247 @@
+"""The appraisal pipeline (DESIGN 4): evidence and what the verifier expects in, a verdict out.
+
+Order matters: nothing read from a log is used until the quote proved the PCR values it must
+reproduce, and nothing from the logs reaches the policy unless its replay reproduced them.
+Independent checks all run, so a verdict lists every reason, not just the first. Any error
+that escapes a step leaves the node untrusted with INTERNAL_ERROR: this function never raises
+for bad evidence and never returns trusted by accident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from attest.errors import AttestError
+from attest.pcrselect import PcrSelection
+from attest.reasons import Finding, Reason
+from attest.verify import eventlog, ima, workarounds
+from attest.verify.imasig import KeyRing, verify_entry_signature
+from attest.verify.pcrs import PcrValues
+from attest.verify.policy import Policy, evaluate_boot, evaluate_ima
+from attest.verify.quote import AkPublic, compare_clock, verify_quote
+from attest.verify.tpmstructs import ClockInfo
+
+# PCRs other logs own: the firmware log neither covers nor must reset them.
+IMA_PCR = 10
+CONTAINER_PCR = 23
+_FOREIGN_PCRS = frozenset({IMA_PCR, CONTAINER_PCR})
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a node sends: its quote, the PCR values it claims, and its logs."""
+
+    attest: bytes  # TPMS_ATTEST
+    signature: bytes  # TPMT_SIGNATURE
+    pcrs: PcrValues
+    eventlog: bytes | None = None
+    ima: bytes | None = None  # the whole list, or the entries after `Expectations.ima_state.offset`
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """What the verifier knows independently of the evidence."""
+
+    ak: AkPublic  # the AK bound at enrollment: never a key sent along with the evidence
+    nonce: bytes
+    selection: PcrSelection
+    policy: Policy | None = None
+    allow_sha1: bool = False
+    previous_clock: ClockInfo | None = None
+    previous_firmware: int | None = None
+    ima_state: ima.ReplayState | None = None  # where the last accepted IMA replay stopped
+    ima_keys: KeyRing | None = None  # keys ima-sig signatures must verify under, when set
+
+
+@dataclass(frozen=True)
+class Verdict:
+    trusted: bool
+    findings: tuple[Finding, ...]
+    pcrs: Mapping[str, Mapping[int, bytes]] = field(default_factory=dict)  # proven by the quote
+    workarounds: tuple[str, ...] = ()
+    reboot: bool = False
+    clock: ClockInfo | None = None
+    firmware_version: int | None = None
+    ima_state: ima.ReplayState | None = None  # resume point for the next round, when IMA was judged
+    ima_entries: int = 0  # entries proven by this quote and judged
+    ima_pending: int = 0  # entries logged after the quote, left for the next round
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "trusted": self.trusted,
+            "reasons": [f.to_json() for f in self.findings],
+            "pcrs": {b: {str(i): v.hex() for i, v in sorted(vs.items())} for b, vs in self.pcrs.items()},
+            "workarounds": list(self.workarounds),
+            "reboot": self.reboot,
+            "clock": None
+            if self.clock is None
+            else {
+                "clock": self.clock.clock,
+                "reset_count": self.clock.reset_count,
+                "restart_count": self.clock.restart_count,
+                "safe": self.clock.safe,
+            },
+            "ima": {"entries": self.ima_entries, "pending": self.ima_pending},
+        }
+
+
+def _finding(e: AttestError, **where: Any) -> Finding:
+    return Finding(e.code, e.message, **where)
+
+
+def appraise(evidence: Evidence, expect: Expectations) -> Verdict:
+    """Appraise one round of evidence. Fails closed on any unexpected error."""
+    try:
+        return _appraise(evidence, expect)
+    except Exception as e:  # fail closed: the verdict must exist and must be untrusted
+        return Verdict(False, (Finding(Reason.INTERNAL_ERROR, f"appraisal failed: {type(e).__name__}: {e}"),))
+
+
+def _appraise(evidence: Evidence, expect: Expectations) -> Verdict:
+    policy = expect.policy
+    allow_sha1 = expect.allow_sha1 or (policy is not None and policy.allow_sha1)
+    try:
+        result = verify_quote(
+            expect.ak,
+            evidence.attest,
+            evidence.signature,
+            nonce=expect.nonce,
+            selection=expect.selection,
+            pcr_values=evidence.pcrs,
+            allow_sha1=allow_sha1,
+        )
+    except AttestError as e:
+        return Verdict(False, (_finding(e),))
+    findings = [_finding(f) for f in result.failures]
+    if not result.ok:
+        # Without proven PCR values no log can be judged: stop with the quote's reasons.
+        return Verdict(False, tuple(findings), clock=result.clock_info)
+
+    reboot = False
+    if expect.previous_clock is not None:
+        change = compare_clock(
+            expect.previous_clock,
+            result.clock_info,
+            previous_firmware=expect.previous_firmware,
+            current_firmware=result.firmware_version,
+        )
+        findings += [_finding(f) for f in change.failures]
+        reboot = change.reboot
+
+    quoted: dict[str, dict[int, bytes]] = {b: dict(v) for b, v in result.pcrs.items()}
+    boot_quoted = {b: {i: v for i, v in vs.items() if i not in _FOREIGN_PCRS} for b, vs in quoted.items()}
+    log, replayed, applied = _event_log(evidence, policy, boot_quoted, findings)
+
+    ima_state: ima.ReplayState | None = None
+    ima_entries: tuple[ima.ImaEntry, ...] = ()
+    pending = 0
+    if evidence.ima is not None or (policy is not None and policy.ima is not None):
+        ima_state, ima_entries, pending = _ima(evidence, expect, quoted, findings)
+
+    if policy is not None:
+        bank = policy.bank
+        if bank not in quoted:
+            findings.append(
+                Finding(
+                    Reason.POLICY_PCR_UNVERIFIED,
+                    f"the quote has no {bank} bank, which policy '{policy.name}' uses",
+                )
+            )
+        else:
+            findings += evaluate_boot(policy, log, quoted[bank], replayed.get(bank, frozenset()))
+        findings += evaluate_ima(policy, ima_entries)
+
+    return Verdict(
+        trusted=not findings,
+        findings=tuple(findings),
+        pcrs=quoted,
+        workarounds=applied,
+        reboot=reboot,
+        clock=result.clock_info,
+        firmware_version=result.firmware_version,
+        ima_state=ima_state,
+        ima_entries=len(ima_entries),
+        ima_pending=pending,
+    )
+
+
+def _event_log(
+    evidence: Evidence,
+    policy: Policy | None,
+    quoted: Mapping[str, Mapping[int, bytes]],
+    findings: list[Finding],
+) -> tuple[eventlog.EventLog | None, dict[str, frozenset[int]], tuple[str, ...]]:
+    """Parse and replay the firmware log against the quoted boot PCRs. Returns the log, the
+    PCRs per bank it reproduced (the only ones whose events policy may use), and the
+    workarounds that were needed."""
+    needs_log = (
+        policy is not None
+        and policy.boot is not None
+        and bool(policy.required_pcrs() - _FOREIGN_PCRS - set(policy.boot.pcrs))
+    )
+    if evidence.eventlog is None:
+        if needs_log:
+            findings.append(
+                Finding(Reason.EVENTLOG_MISSING, "the policy judges boot events but no event log was sent")
+            )
+        return None, {}, ()
+    try:
+        log = eventlog.parse(evidence.eventlog)
+    except AttestError as e:
+        findings.append(_finding(e))
+        return None, {}, ()
+    try:
+        replay = workarounds.replay_matching(log, quoted)
+    except AttestError as e:
+        findings.append(_finding(e))
+        # Judge what did reproduce: events of PCRs whose plain replay equals the quote.
+        plain = eventlog.replay(log, banks=quoted.keys())
+        bad = set(plain.mismatches(quoted))
+        ok = {b: frozenset(i for i in vs if (b, i) not in bad) for b, vs in quoted.items() if b in plain.pcrs}
+        return log, ok, ()
+    return log, {b: frozenset(vs) for b, vs in quoted.items()}, replay.workarounds
+
+
+def _ima(
+    evidence: Evidence,
+    expect: Expectations,
+    quoted: Mapping[str, Mapping[int, bytes]],
+    findings: list[Finding],
+) -> tuple[ima.ReplayState | None, tuple[ima.ImaEntry, ...], int]:
+    if evidence.ima is None:
+        findings.append(Finding(Reason.IMA_MISSING, "the policy judges IMA entries but no IMA log was sent"))
+        return None, (), 0
+    ima_quoted = {b: {IMA_PCR: vs[IMA_PCR]} for b, vs in quoted.items() if IMA_PCR in vs}
+    if not ima_quoted:
+        findings.append(
+            Finding(
+                Reason.IMA_REPLAY_MISMATCH,
+                f"an IMA log was sent but PCR {IMA_PCR} is not in the quote",
+                pcr=IMA_PCR,
+            )
+        )
+        return None, (), 0
+    start = expect.ima_state
+    try:
+        log = ima.parse(evidence.ima, first_index=start.offset if start else 0)
+        match = ima.match_quote(log, ima_quoted, start=start)
+    except AttestError as e:
+        findings.append(_finding(e, pcr=IMA_PCR))
+        return None, (), 0
+    if start is None or start.offset == 0:
+        boot = {b: {i: v for i, v in vs.items() if i < IMA_PCR} for b, vs in quoted.items()}
+        accepted = ima.ImaLog(match.accepted, log.format, log.template_hash_alg)
+        try:
+            ima.verify_boot_aggregate(accepted, boot)
+        except AttestError as e:
+            findings.append(_finding(e, pcr=IMA_PCR, event=0))
+    if expect.ima_keys is not None:
+        for entry in match.accepted:
+            if entry.sig and not entry.violation:
+                try:
+                    verify_entry_signature(entry, expect.ima_keys)
+                except AttestError as e:
+                    findings.append(_finding(e, pcr=IMA_PCR, event=entry.index))
+    return match.state, match.accepted, len(match.pending)
