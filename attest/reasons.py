@@ -43,6 +43,7 @@ class Reason(enum.StrEnum):
     EVENTLOG_REPLAY_MISMATCH = "eventlog_replay_mismatch"
 
     # IMA (DESIGN 4.5, SECURITY "IMA")
+    IMA_MISSING = "ima_missing"
     IMA_MALFORMED = "ima_malformed"
     IMA_UNKNOWN_ALGORITHM = "ima_unknown_algorithm"
     IMA_TEMPLATE_HASH_MISMATCH = "ima_template_hash_mismatch"

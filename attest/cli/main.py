@@ -19,14 +19,14 @@ Every command takes --json to print one JSON document on stdout.
 
 def build_parser() -> argparse.ArgumentParser:
     # Imported here, not at module level, so `attestctl --version` does no work.
-    from attest.cli import cmd_eventlog
+    from attest.cli import cmd_eventlog, cmd_ima, cmd_policy, cmd_verify
 
     parser = ArgumentParser(
         prog="attestctl", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"attestctl {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for module in (cmd_eventlog,):
+    for module in (cmd_eventlog, cmd_ima, cmd_verify, cmd_policy):
         module.register(sub)
     return parser
 
