@@ -57,6 +57,7 @@ class Reason(enum.StrEnum):
 
     # Reference policy (DESIGN 4.5)
     POLICY_INVALID = "policy_invalid"
+    POLICY_MISSING = "policy_missing"
     POLICY_PCR_MISMATCH = "policy_pcr_mismatch"
     POLICY_EVENT_NOT_ALLOWED = "policy_event_not_allowed"
     POLICY_SECURE_BOOT_DISABLED = "policy_secure_boot_disabled"
@@ -74,6 +75,9 @@ class Reason(enum.StrEnum):
     EK_KEY_MISMATCH = "ek_key_mismatch"
     EK_MALFORMED = "ek_malformed"
     EK_NOT_ENROLLED = "ek_not_enrolled"
+    # A node already bound to one TPM presented another: never a silent takeover.
+    EK_NODE_CONFLICT = "ek_node_conflict"
+    NODE_REVOKED = "node_revoked"
     AK_ATTRIBUTES_INVALID = "ak_attributes_invalid"
     CREDENTIAL_INVALID = "credential_invalid"
 

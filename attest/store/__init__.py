@@ -1,0 +1,1 @@
+"""Persistence for the verifier: enrolled EKs, AK bindings, nonces, verdicts, policies, audit."""

@@ -1,0 +1,173 @@
+"""What the verifier keeps, and the operations on it, independent of the database behind it.
+
+Every method is one transaction. Every change an auditor cares about (enrollment, verdict,
+policy, revocation, EK) appends its audit record in the same transaction as the change, so
+the two can never disagree. Errors are typed: StoreUnavailable when the database cannot be
+reached or written (callers answer 503 and fail closed), the others when the request itself
+cannot be honoured.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from attest.reasons import Reason
+
+
+class StoreError(Exception):
+    """Base class; `code` is a Reason when the failure is the caller's to explain."""
+
+    def __init__(self, message: str, code: Reason | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class StoreUnavailable(StoreError):
+    """The database is down, locked, read-only or full. Nothing was changed."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    """The change contradicts what is stored (a second EK for an enrolled node, say)."""
+
+
+class NonceRejected(StoreError):
+    """code is NONCE_UNKNOWN, NONCE_EXPIRED, NONCE_REUSED or NONCE_WRONG_NODE."""
+
+
+@dataclass(frozen=True)
+class EkRecord:
+    id: int
+    node: str
+    fingerprint: str  # hex SHA-256 of the EK SubjectPublicKeyInfo (DER)
+    public_pem: str
+    certificate: bytes | None  # DER
+    source: str  # "operator" | "manufacturer-chain"
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    id: str
+    node: str
+    ek_fingerprint: str
+    ak_public: bytes  # TPM2B_PUBLIC
+    ak_name: bytes
+    secret_hash: bytes  # SHA-256 of the credential secret: the secret itself is never stored
+    expires_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class VerdictRecord:
+    node: str
+    trusted: bool
+    appraised_at: dt.datetime
+    expires_at: dt.datetime | None
+    reasons: list[dict[str, Any]]  # Finding.to_json() of each
+    detail: dict[str, Any]  # the rest of Verdict.to_json()
+    policy: str | None = None  # "name@version"
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    name: str
+    ek_fingerprint: str
+    ak_public: bytes
+    ak_name: bytes
+    enrolled_at: dt.datetime
+    revoked_at: dt.datetime | None = None
+    # Appraisal state carried between rounds:
+    clock: dict[str, Any] | None = None  # last accepted TPMS_CLOCK_INFO + firmwareVersion
+    ima_state: dict[str, Any] | None = None  # attest.verify.ima.ReplayState.to_json()
+    last_verdict: VerdictRecord | None = None
+
+
+@dataclass(frozen=True)
+class NonceRecord:
+    node: str
+    nonce: bytes
+    selection: str
+    issued_at: dt.datetime
+    expires_at: dt.datetime
+    binding: bytes | None = None  # what the nonce commits to (e.g. a CSR key's hash), if anything
+
+
+@dataclass(frozen=True)
+class PolicyRecord:
+    name: str
+    version: int
+    digest: str  # hex SHA-256 of text
+    text: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    seq: int
+    at: dt.datetime
+    kind: str  # "ek", "enroll", "verdict", "policy", "revoke"
+    subject: str
+    data: dict[str, Any]
+    prev: str  # hex hash of the previous record, "" for the first
+    hash: str  # hex SHA-256 over (seq, at, kind, subject, data, prev) in canonical JSON: attest.store.audit
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool
+    detail: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    """The verifier's persistence. Implementations: attest.store.sql.SqlStore (SQLite, PostgreSQL)."""
+
+    def close(self) -> None: ...
+    def health(self) -> Health: ...
+
+    # Endorsement keys vouched for by an operator or a manufacturer chain.
+    def add_ek(
+        self, node: str, fingerprint: str, public_pem: str, certificate: bytes | None, source: str
+    ) -> EkRecord: ...
+    def find_ek(self, fingerprint: str) -> EkRecord | None: ...  # active (not revoked) only
+    def list_eks(self) -> list[EkRecord]: ...
+    def revoke_ek(self, ek_id: int) -> EkRecord: ...
+
+    # Enrollment: a pending credential challenge, completed once.
+    def create_enrollment(self, enrollment: Enrollment) -> None: ...
+    def complete_enrollment(self, enrollment_id: str, secret: bytes, now: dt.datetime) -> NodeRecord:
+        """Atomically: the enrollment exists, is unexpired and unused, the secret's hash matches
+        (constant time); then bind the AK to the node and consume the enrollment. A node already
+        bound to a different EK raises Conflict (a new TPM never silently takes over)."""
+        ...
+
+    def get_node(self, name: str) -> NodeRecord | None: ...
+    def list_nodes(self) -> list[NodeRecord]: ...
+    def revoke_node(self, name: str, reason: str) -> NodeRecord: ...
+
+    # Nonces: single use, short lived, issued to one node; consumed atomically even across replicas.
+    def issue_nonce(self, record: NonceRecord) -> None: ...
+    def consume_nonce(self, node: str, nonce: bytes, now: dt.datetime) -> NonceRecord: ...
+
+    def record_verdict(
+        self,
+        verdict: VerdictRecord,
+        clock: dict[str, Any] | None,
+        ima_state: dict[str, Any] | None,
+    ) -> None:
+        """Store the verdict as the node's latest, update the carried appraisal state (only
+        when given), and append the audit record: one transaction."""
+        ...
+
+    def put_policy(self, name: str, text: str) -> PolicyRecord: ...  # a new version
+    def get_policy(self, name: str, version: int | None = None) -> PolicyRecord | None: ...
+    def list_policies(self) -> list[PolicyRecord]: ...  # latest version of each
+
+    def audit_records(self, after_seq: int = 0, limit: int = 10_000) -> list[AuditRecord]: ...

@@ -1,0 +1,227 @@
+"""Every wire format of the project, in one place: the agent API (enrollment, challenges,
+evidence, verdicts) and the admin API that attestctl uses.
+
+Binary TPM structures travel as base64 of their TPM marshalling, exactly the bytes tpm2-tools
+writes to files, so any message can be replayed through `attestctl verify`. Every field has a
+size bound, checked while parsing, before anything else looks at it. Unknown fields are
+refused: a typo in a client is an error, not an ignored option.
+
+Version: the URL prefix (/v1). Add optional fields; never change the meaning of one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import re
+from typing import Annotated, Any, TypeAlias
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
+
+API_PREFIX = "/v1"
+
+# Kubernetes node names are DNS-1123 subdomains.
+NODE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+NODE_NAME_MAX = 253
+_NODE_NAME = re.compile(NODE_NAME_PATTERN)
+
+MAX_TPM_STRUCT = 2048  # TPM2B_PUBLIC, TPMS_ATTEST, TPMT_SIGNATURE, credentials: all far smaller
+MAX_EK_CERT = 16 * 1024
+MAX_EVENTLOG = 16 * 1024 * 1024
+MAX_IMA = 64 * 1024 * 1024
+MAX_CONTAINER_LOG = 16 * 1024 * 1024
+NONCE_SIZE = 32
+
+
+def valid_node_name(name: str) -> bool:
+    return len(name) <= NODE_NAME_MAX and bool(_NODE_NAME.match(name))
+
+
+def _b64_decoder(limit: int) -> Any:
+    def decode(value: Any) -> bytes:
+        if isinstance(value, bytes):
+            raw = value
+        elif isinstance(value, str):
+            # Reject before decoding: base64 is 4/3 the size of what it carries.
+            if len(value) > (limit + 2) // 3 * 4 + 4:
+                raise ValueError(f"longer than {limit} bytes")
+            try:
+                raw = base64.b64decode(value, validate=True)
+            except binascii.Error:
+                raise ValueError("not base64") from None
+        else:
+            raise ValueError("must be a base64 string")
+        if len(raw) > limit:
+            raise ValueError(f"longer than {limit} bytes")
+        return raw
+
+    return decode
+
+
+_B64_OUT = PlainSerializer(lambda b: base64.b64encode(b).decode("ascii"), return_type=str)
+
+
+def _b64_schema(limit: int) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "contentEncoding": "base64", "maxLength": (limit + 2) // 3 * 4})
+
+
+TpmStruct: TypeAlias = Annotated[
+    bytes, BeforeValidator(_b64_decoder(MAX_TPM_STRUCT)), _B64_OUT, _b64_schema(MAX_TPM_STRUCT)
+]
+EkCert: TypeAlias = Annotated[
+    bytes, BeforeValidator(_b64_decoder(MAX_EK_CERT)), _B64_OUT, _b64_schema(MAX_EK_CERT)
+]
+EventLogBytes: TypeAlias = Annotated[
+    bytes, BeforeValidator(_b64_decoder(MAX_EVENTLOG)), _B64_OUT, _b64_schema(MAX_EVENTLOG)
+]
+ImaBytes: TypeAlias = Annotated[bytes, BeforeValidator(_b64_decoder(MAX_IMA)), _B64_OUT, _b64_schema(MAX_IMA)]
+ContainerLogBytes: TypeAlias = Annotated[
+    bytes, BeforeValidator(_b64_decoder(MAX_CONTAINER_LOG)), _B64_OUT, _b64_schema(MAX_CONTAINER_LOG)
+]
+Nonce: TypeAlias = Annotated[bytes, BeforeValidator(_b64_decoder(64)), _B64_OUT, _b64_schema(64)]
+NodeName = Annotated[str, Field(min_length=1, max_length=NODE_NAME_MAX, pattern=NODE_NAME_PATTERN)]
+Hex = Annotated[str, Field(pattern=r"^[0-9a-f]*$", max_length=256)]
+PcrSelectionText = Annotated[
+    str, Field(max_length=256, pattern=r"^[a-z0-9_]+:[0-9,\-]+(\+[a-z0-9_]+:[0-9,\-]+)*$")
+]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- agent API -------------------------------------------------------------------------------
+
+
+class EnrollRequest(Model):
+    """POST /v1/enroll: a node presents its TPM's EK and a fresh AK."""
+
+    node: NodeName
+    ek_certificate: EkCert | None = None  # DER, from the TPM's NV; None when the TPM has none
+    ek_public: TpmStruct  # TPM2B_PUBLIC of the EK the agent created (MakeCredential needs its template)
+    ak_public: TpmStruct  # TPM2B_PUBLIC
+
+
+class EnrollChallenge(Model):
+    """The credential only the TPM holding that EK, with that AK loaded, can open."""
+
+    enrollment_id: Annotated[str, Field(max_length=64)]
+    credential_blob: TpmStruct  # TPM2B_ID_OBJECT
+    encrypted_secret: TpmStruct  # TPM2B_ENCRYPTED_SECRET
+    expires_at: dt.datetime
+
+
+class ActivateRequest(Model):
+    """POST /v1/enroll/{enrollment_id}/activate: the secret ActivateCredential returned."""
+
+    secret: Nonce
+
+
+class EnrollResult(Model):
+    node: NodeName
+    ak_name: Hex
+    enrolled_at: dt.datetime
+
+
+class Challenge(Model):
+    """POST /v1/nodes/{node}/challenge: a single-use nonce for this node."""
+
+    nonce: Nonce
+    selection: PcrSelectionText  # quote exactly these PCRs
+    expires_at: dt.datetime
+    ima_offset: Annotated[int, Field(ge=0)] = 0  # send IMA entries from this index on
+
+
+class Evidence(Model):
+    """POST /v1/nodes/{node}/evidence: the answer to one challenge."""
+
+    nonce: Nonce
+    quote: TpmStruct  # TPMS_ATTEST as signed
+    signature: TpmStruct  # TPMT_SIGNATURE
+    pcrs: dict[Annotated[str, Field(max_length=16)], dict[Annotated[int, Field(ge=0, le=23)], Hex]]
+    eventlog: EventLogBytes | None = None
+    ima: ImaBytes | None = None  # entries from `ima_offset` on
+    ima_offset: Annotated[int, Field(ge=0)] = 0
+    container_log: ContainerLogBytes | None = None
+
+
+class ReasonOut(Model):
+    code: str
+    message: str
+    rule: str | None = None
+    pcr: int | None = None
+    event: int | None = None
+
+
+class VerdictOut(Model):
+    node: NodeName
+    trusted: bool
+    reasons: list[ReasonOut]
+    appraised_at: dt.datetime
+    expires_at: dt.datetime | None  # None when untrusted: nothing to expire
+    reboot: bool = False
+    workarounds: list[str] = []
+    ima_offset: int = 0  # entries accepted so far: the next challenge starts here
+
+
+class ErrorOut(Model):
+    """Every 4xx/5xx body: a stable code and a sentence."""
+
+    code: str
+    message: str
+
+
+# --- admin API (attestctl) -----------------------------------------------------------------
+
+
+class EkEnrollRequest(Model):
+    """POST /v1/admin/eks: an operator vouches for an EK (certificate or public key) for a node."""
+
+    node: NodeName
+    ek_certificate: EkCert | None = None
+    ek_public_pem: Annotated[str, Field(max_length=8192)] | None = None
+
+
+class EkOut(Model):
+    id: int
+    node: NodeName
+    fingerprint: Hex  # SHA-256 of the EK's SubjectPublicKeyInfo
+    source: str  # "operator" or "manufacturer-chain"
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None = None
+
+
+class NodeOut(Model):
+    name: NodeName
+    state: str  # "trusted", "untrusted", "stale", "enrolled", "revoked"
+    ek_fingerprint: Hex | None = None
+    ak_name: Hex | None = None
+    last_verdict_at: dt.datetime | None = None
+    expires_at: dt.datetime | None = None
+    reasons: list[ReasonOut] = []
+    policy: str | None = None
+
+
+class PolicyIn(Model):
+    """POST /v1/admin/policies: a new version of the named policy (YAML text as written)."""
+
+    text: Annotated[str, Field(max_length=16 * 1024 * 1024)]
+
+
+class PolicyOut(Model):
+    name: str
+    version: int
+    digest: Hex
+    created_at: dt.datetime
+    text: str | None = None
+
+
+class AuditRecordOut(Model):
+    seq: int
+    at: dt.datetime
+    kind: str  # "enroll", "verdict", "policy", "revoke", "ek"
+    subject: str
+    data: dict[str, Any]
+    prev: Hex  # hash of the previous record ("" for the first)
+    hash: Hex
