@@ -19,6 +19,7 @@ from attest.verify.pcrs import (
     parse_pcrread_yaml,
     parse_tools_serialized,
     parse_tools_values,
+    serialize_tools,
 )
 
 
@@ -30,12 +31,9 @@ def values_for(selection: PcrSelection) -> PcrValues:
 
 
 def serialized(selection: PcrSelection, values: PcrValues) -> bytes:
-    """The agent's writer of tpm2-tools' serialized PCR file: an independent implementation."""
-    from attest.agent.artifacts import tpm2tools_pcrs
-    from attest.tpm import Quote
-
-    pcrs = {bank: dict(v) for bank, v in values.items()}
-    return tpm2tools_pcrs(Quote(attest=b"", signature=b"", pcrs=pcrs, selection=selection))
+    """The writer of tpm2-tools' serialized PCR file (the agent's, for tpm2_checkquote); real
+    tpm2_quote output is checked against the parser in test_quote_swtpm."""
+    return serialize_tools(selection, values)
 
 
 # --- PcrValues ----------------------------------------------------------------------------

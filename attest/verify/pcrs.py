@@ -175,6 +175,29 @@ def parse_tools_serialized(data: bytes) -> PcrValues:
     return _assign(selection, digests, "serialized PCR file")
 
 
+def serialize_tools(selection: PcrSelection, values: Mapping[str, Mapping[int, bytes]]) -> bytes:
+    """The "serialized" file ``tpm2_quote -o`` writes, so tpm2_checkquote can read our quotes.
+    Digests go eight to a TPML_DIGEST, as TPM2_PCR_Read returns them."""
+    if len(selection.banks) > _TOOLS_BANKS:
+        raise ValueError(f"tpm2-tools files hold at most {_TOOLS_BANKS} banks")
+    out = bytearray(_U32LE.pack(len(selection.banks)))
+    for bank, pcrs in selection.banks:
+        bitmap = bytearray(PCR_SELECT_MAX)
+        for p in pcrs:
+            bitmap[p >> 3] |= 1 << (p & 7)
+        out += _TOOLS_SEL_ENTRY.pack(hash_alg(bank).alg, PCR_SELECT_MIN, bytes(bitmap))
+    out += bytes(_TOOLS_SEL_SIZE - len(out))
+    digests = [values[bank][p] for bank, p in selection]
+    lists = [digests[i : i + _TOOLS_DIGESTS] for i in range(0, len(digests), _TOOLS_DIGESTS)]
+    out += _U32LE.pack(len(lists))
+    for chunk in lists:
+        out += _U32LE.pack(len(chunk))
+        for k in range(_TOOLS_DIGESTS):
+            d = chunk[k] if k < len(chunk) else b""
+            out += _TOOLS_DIGEST.pack(len(d), d)
+    return bytes(out)
+
+
 def parse_tools_values(data: bytes, selection: Selection) -> PcrValues:
     """The tpm2-tools "values" PCR file: bare digests in the order of ``selection``."""
     sizes = [hash_alg(bank).size for bank, _ in selection]
