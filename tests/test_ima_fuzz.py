@@ -8,12 +8,15 @@ import hashlib
 import struct
 import time
 
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attest.errors import ParseError, VerificationError
-from attest.verify import ima
+from attest.verify import ima, imasig
 
+_RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+_EC = ec.generate_private_key(ec.SECP256R1())
 DATAS = [
     ima.encode_template_data("ima-ng", "sha256", hashlib.sha256(b"%d" % n).digest(), f"/usr/lib/l{n}.so")
     for n in range(4)
@@ -22,6 +25,7 @@ BINARY = b"".join(ima.encode_binary_entry("ima-ng", d) for d in DATAS) + ima.enc
     "ima-sig", ima.encode_template_data("ima-sig", "sha1", bytes(20), "/x", b"\x03\x02\x04abcd\x00\x01z")
 )
 ASCII = b"".join(ima.ascii_line(e) + b"\n" for e in ima.parse(BINARY).entries)
+KEYS = imasig.KeyRing([imasig.enroll(_EC.public_key()), imasig.enroll(_RSA.public_key())])
 
 
 def _exercise(data: bytes, *, partial: bool = False) -> None:
@@ -103,3 +107,24 @@ def test_huge_claims_fail_fast() -> None:
         with contextlib.suppress(ParseError):
             ima.parse(data)
         assert time.perf_counter() - began < 0.5
+
+
+@st.composite
+def _signature_fields(draw: st.DrawFn) -> bytes:
+    """Random fields, and headers that name an enrolled key over random signature bytes."""
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=300))
+    body = draw(st.binary(max_size=300))
+    key_id = draw(st.sampled_from([imasig.key_id_v2(_RSA.public_key()), imasig.key_id_v2(_EC.public_key())]))
+    algo = draw(st.sampled_from([2, 4, 5, 6, 7, 17, 20, 99]))
+    size = draw(st.sampled_from([len(body), len(body) + 1, 0xFFFF]))
+    return struct.pack(">BBB4sH", 3, draw(st.sampled_from([2, 3])), algo, key_id, size) + body
+
+
+@settings(max_examples=300, deadline=None)
+@given(_signature_fields())
+def test_arbitrary_signature_fields(field: bytes) -> None:
+    data = ima.encode_template_data("ima-sig", "sha256", bytes(range(32)), "/x", field)
+    (entry,) = ima.parse(ima.encode_binary_entry("ima-sig", data)).entries
+    with contextlib.suppress(VerificationError):
+        imasig.verify_entry_signature(entry, KEYS)

@@ -470,3 +470,19 @@ def test_limits_are_checked_before_work() -> None:
     many = b"".join(struct.pack("<I", 0) for _ in range(3))
     with pytest.raises(ParseError, match="more than 2 template fields"):
         ima.parse(ima.encode_binary_entry("vendor-x", many), limits=limits)
+
+
+def test_mixed_templates_in_one_list() -> None:
+    # A list is mostly runs of one template, which the parser reads fastest; mixing must not confuse it.
+    ng = ima.encode_template_data("ima-ng", "sha1", bytes(20), "/ng")
+    legacy = ima.encode_template_data("ima", "sha1", bytes(range(20)), "/legacy")
+    sig = ima.encode_template_data("ima-sig", "sha256", bytes(32), "/sig", b"")
+    order = ["ima-ng", "ima", "ima-ng", "ima-sig", "ima-ng", "ima", "ima", "ima-sig", "ima-sig", "ima-ng"]
+    datas = {"ima-ng": ng, "ima": legacy, "ima-sig": sig}
+    log = ima.parse(b"".join(ima.encode_binary_entry(t, datas[t]) for t in order))
+    assert [(e.template, e.path) for e in log.entries] == [
+        (t, "/" + t.replace("ima-", "").replace("ima", "legacy")) for t in order
+    ]
+    ima.verify_template_hashes(log)
+    again = ima.parse(b"".join(ima.ascii_line(e) + b"\n" for e in log.entries))
+    assert [e.template_data for e in again.entries] == [e.template_data for e in log.entries]

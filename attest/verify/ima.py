@@ -731,7 +731,7 @@ def _ascii_fields(rest: bytes, layout: _Layout) -> list[bytes]:
     append = fields.append
     for fid, kind, tok in zip(ids, kinds, tokens, strict=True):
         if kind == _STRING:
-            append(tok + b"\0")
+            append(_string_field(tok))
         elif kind == _DIGEST:
             if not tok:  # d-modsig of a file without an appended signature
                 append(b"")
@@ -808,8 +808,12 @@ def _binary_records(
     data: bytes, u32: struct.Struct, size: int, entries: list[ImaEntry], *, first_index: int, limits: Limits
 ) -> None:
     unpack = u32.unpack_from
-    # PCR index, template hash, template name length: one unpack per record.
-    header = struct.Struct(f"{u32.format[0]}I{size}sI").unpack_from
+    order = u32.format[0]
+    # PCR index, template hash, template name length: one unpack per record...
+    header = struct.Struct(f"{order}I{size}sI").unpack_from
+    # ...or, as a list is runs of one template, PCR to template data length in one unpack when
+    # the record names the previous record's template.
+    repeat: tuple[Callable[[bytes, int], tuple[Any, ...]], bytes, _Layout] | None = None
     end = len(data)
     templates: dict[bytes, _Layout] = {}
     zero = bytes(size)
@@ -821,23 +825,48 @@ def _binary_records(
     while start < end:
         if index >= last:
             raise _malformed(f"more than {limits.max_entries} entries")
-        try:
-            pcr, digest, name_len = header(data, start)
-        except struct.error:
-            raise _Cut from None
+        record = None
+        if repeat is not None:
+            try:
+                record = repeat[0](data, start)
+            except struct.error:
+                record = None
+        if (
+            repeat is not None
+            and record is not None
+            and record[2] == len(repeat[1])
+            and record[3] == repeat[1]
+        ):
+            pcr, digest, _, _, tlen = record
+            layout = repeat[2]
+            pos = start + 12 + size + len(repeat[1])
+        else:
+            try:
+                pcr, digest, name_len = header(data, start)
+            except struct.error:
+                raise _Cut from None
+            if not 0 < name_len <= max_name:
+                raise _malformed(f"template name length {name_len}")
+            pos = start + 8 + size
+            raw = data[pos : pos + name_len]
+            if len(raw) != name_len:
+                raise _Cut
+            pos += name_len
+            found = templates.get(raw)
+            layout = found if found is not None else templates.setdefault(raw, _template(raw, limits))
+            if layout.name == "ima":
+                tlen = -1
+            else:
+                try:
+                    (tlen,) = unpack(data, pos)
+                except struct.error:
+                    raise _Cut from None
+                pos += 4
+                if repeat is None or raw != repeat[1]:
+                    repeat = (struct.Struct(f"{order}I{size}sI{name_len}sI").unpack_from, raw, layout)
         if pcr >= PCR_COUNT:
             raise _malformed(f"PCR {pcr} is not a TPM PCR index")
-        if not 0 < name_len <= max_name:
-            raise _malformed(f"template name length {name_len}")
-        pos = start + 8 + size
-        raw = data[pos : pos + name_len]
-        if len(raw) != name_len:
-            raise _Cut
-        pos += name_len
-        t = templates.get(raw)
-        if t is None:
-            t = templates[raw] = _template(raw, limits)
-        if t.name == "ima":
+        if tlen < 0:
             # The legacy template has no data length: a 20-byte digest, then the name.
             if end - pos < _LEGACY_DIGEST_SIZE + 4:
                 raise _Cut
@@ -852,19 +881,14 @@ def _binary_records(
                 _string_field(template_data[_LEGACY_DIGEST_SIZE + 4 :]),
             ]
         else:
-            try:
-                (tlen,) = unpack(data, pos)
-            except struct.error:
-                raise _Cut from None
             if tlen > max_data:
                 raise _malformed(f"template data length {tlen}")
-            pos += 4
             template_data = data[pos : pos + tlen]
             if len(template_data) != tlen:
                 raise _Cut
             fields = _binary_fields(template_data, unpack, limits.max_fields)
-        _check_fields(t, fields)
-        append(_new_entry(index, pcr, t.name, digest, template_data, tuple(fields), digest == zero))
+        _check_fields(layout, fields)
+        append(_new_entry(index, pcr, layout.name, digest, template_data, tuple(fields), digest == zero))
         index += 1
         start = pos + len(template_data)
 
