@@ -170,6 +170,8 @@ class ErrorOut(Model):
 
     code: str
     message: str
+    # Evidence refused before a verdict (422): every reason the quote failed, `code` is the first.
+    reasons: list[ReasonOut] = []
 
 
 # --- admin API (attestctl) -----------------------------------------------------------------
