@@ -22,16 +22,15 @@ EVENTLOG = Path(__file__).parent.parent / "tests/data/eventlogs/tpm2-tools/event
 
 
 def _ima_list(entries: int, boot_pcrs: dict[int, bytes]) -> bytes:
-    lines = []
+    """A binary_runtime_measurements list, what the agent reads from securityfs."""
+    records = []
     for i in range(entries):
         path = f"/usr/lib/x86_64-linux-gnu/lib{i}.so" if i else ima.BOOT_AGGREGATE
         # The kernel's first entry: SHA-256 over PCRs 0-9 of the SHA-256 bank.
         content = b"".join(boot_pcrs[p] for p in range(10)) if i == 0 else path.encode()
-        digest = hashlib.sha256(content).digest()
-        data = ima.encode_template_data("ima-ng", "sha256", digest, path)
-        th = ima.template_hash("sha1", data)
-        lines.append(f"10 {th.hex()} ima-ng sha256:{digest.hex()} {path}\n")
-    return "".join(lines).encode()
+        data = ima.encode_template_data("ima-ng", "sha256", hashlib.sha256(content).digest(), path)
+        records.append(ima.encode_binary_entry("ima-ng", data))
+    return b"".join(records)
 
 
 def _rate(label: str, n: int, fn: Callable[[int], object]) -> tuple[str, float]:
