@@ -80,6 +80,10 @@ class Reason(enum.StrEnum):
     NODE_REVOKED = "node_revoked"
     AK_ATTRIBUTES_INVALID = "ak_attributes_invalid"
     CREDENTIAL_INVALID = "credential_invalid"
+    # Activating a credential challenge that was never issued, has expired, or was already used.
+    ENROLLMENT_UNKNOWN = "enrollment_unknown"
+    ENROLLMENT_EXPIRED = "enrollment_expired"
+    ENROLLMENT_USED = "enrollment_used"
 
     # Fail closed: any unexpected error during appraisal.
     INTERNAL_ERROR = "internal_error"
