@@ -31,7 +31,7 @@ from attest.verify.tpmstructs import (
     TpmtPublic,
     parse_public,
 )
-from tests.verify_swtpm_helpers import SWTPM_AK, SWTPM_AK_NAME
+from tests.recorded_swtpm import SWTPM_AK, SWTPM_AK_NAME
 
 EK_ATTRIBUTES = int(
     ObjectAttr.FIXED_TPM

@@ -13,21 +13,9 @@ import pytest
 from attest.verify.credential import Credential, check_activation, make_credential
 from attest.verify.quote import ak_name, check_ak_attributes
 from attest.verify.tpmstructs import parse_public
-from tests.verify_swtpm_helpers import Swtpm, available, running_swtpm
-
-pytestmark = [
-    pytest.mark.swtpm,
-    pytest.mark.skipif(not available(), reason="swtpm and tpm2-tools are not installed"),
-]
+from swtpm.instance import SwtpmInstance
 
 EK_KINDS = ("EK-RSA2048", "EK-HIGH-ECC384")
-
-
-@pytest.fixture(scope="module")
-def tpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swtpm]:
-    os.environ.setdefault("TSS2_LOG", "all+NONE")
-    with running_swtpm(tmp_path_factory.mktemp("vc")) as t:
-        yield t
 
 
 class Session:
@@ -43,10 +31,10 @@ class Session:
 
 
 @contextmanager
-def esapi(tpm: Swtpm) -> Iterator[Session]:
+def esapi(tpm: SwtpmInstance) -> Iterator[Session]:
     from tpm2_pytss import ESAPI, TPM2_CAP, TPM2_HT, TCTILdr
 
-    tcti = TCTILdr("swtpm", f"path={tpm.socket}")
+    tcti = TCTILdr.parse(tpm.tcti)
     try:
         s = Session(ESAPI(tcti))
         try:
@@ -122,17 +110,17 @@ def refused(call: Callable[[], bytes]) -> str:
     return str(e.value)
 
 
-def test_our_ak_name_is_the_tpms(tpm: Swtpm) -> None:
-    with esapi(tpm) as s:
+def test_our_ak_name_is_the_tpms(swtpm: SwtpmInstance) -> None:
+    with esapi(swtpm) as s:
         ak, public = create_ak(s)
         assert ak_name(public) == bytes(s.esapi.tr_get_name(ak))
         check_ak_attributes(parse_public(public))
 
 
 @pytest.mark.parametrize("kind", EK_KINDS)
-def test_tpm_activates_our_credential(tpm: Swtpm, kind: str) -> None:
+def test_tpm_activates_our_credential(swtpm: SwtpmInstance, kind: str) -> None:
     secret = os.urandom(32)
-    with esapi(tpm) as s:
+    with esapi(swtpm) as s:
         ak, ak_public = create_ak(s)
         ek, ek_public = create_ek(s, kind)
         cred = make_credential(ek_public, ak_name(ak_public), secret)
@@ -142,8 +130,8 @@ def test_tpm_activates_our_credential(tpm: Swtpm, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", EK_KINDS)
-def test_tpm_refuses_a_credential_for_another_ak_name(tpm: Swtpm, kind: str) -> None:
-    with esapi(tpm) as s:
+def test_tpm_refuses_a_credential_for_another_ak_name(swtpm: SwtpmInstance, kind: str) -> None:
+    with esapi(swtpm) as s:
         ak, _ = create_ak(s)
         _, other_public = create_ak(s)
         ek, ek_public = create_ek(s, kind)
@@ -152,8 +140,8 @@ def test_tpm_refuses_a_credential_for_another_ak_name(tpm: Swtpm, kind: str) -> 
     assert "integrity" in error
 
 
-def test_tpm_refuses_a_credential_for_another_ek(tpm: Swtpm) -> None:
-    with esapi(tpm) as s:
+def test_tpm_refuses_a_credential_for_another_ek(swtpm: SwtpmInstance) -> None:
+    with esapi(swtpm) as s:
         ak, ak_public = create_ak(s)
         rsa_ek, _ = create_ek(s, "EK-RSA2048")
         _, ecc_public = create_ek(s, "EK-HIGH-ECC384")
@@ -161,8 +149,8 @@ def test_tpm_refuses_a_credential_for_another_ek(tpm: Swtpm) -> None:
         refused(lambda: activate(s, "EK-RSA2048", ak, rsa_ek, cred))
 
 
-def test_tpm_refuses_a_tampered_credential(tpm: Swtpm) -> None:
-    with esapi(tpm) as s:
+def test_tpm_refuses_a_tampered_credential(swtpm: SwtpmInstance) -> None:
+    with esapi(swtpm) as s:
         ak, ak_public = create_ak(s)
         ek, ek_public = create_ek(s, "EK-HIGH-ECC384")
         cred = make_credential(ek_public, ak_name(ak_public), b"secret")

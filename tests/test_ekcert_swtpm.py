@@ -4,7 +4,8 @@ keys the TPM itself reports."""
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator
+import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,21 +24,44 @@ from attest.verify.ekcert import (
     validate_ek_certificate,
 )
 from attest.verify.tpmstructs import parse_public
-from tests.verify_swtpm_helpers import Swtpm, available, running_swtpm
-
-pytestmark = [
-    pytest.mark.swtpm,
-    pytest.mark.skipif(not available(), reason="swtpm and tpm2-tools are not installed"),
-]
+from swtpm.instance import SwtpmInstance
+from swtpm.provision import LocalCa
 
 # TCG EK Credential Profile NV indices, and where swtpm_setup persists the matching EKs.
 RSA_CERT, ECC_CERT = "0x01c00002", "0x01c00016"
 RSA_EK, ECC_EK = "0x81010001", "0x81010016"
 
 
+def tool(tpm: SwtpmInstance, *argv: str, cwd: Path) -> None:
+    """Run one tpm2-tools command against ``tpm``. swtpm has no resource manager, so the
+    transient objects and sessions a tool leaves loaded are flushed after it."""
+    env = {**os.environ, "TSS2_LOG": "all+NONE"}
+    try:
+        subprocess.run(
+            [argv[0], "-T", tpm.tcti, *argv[1:]],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    except subprocess.CalledProcessError as e:
+        raise AssertionError(f"{' '.join(argv)} failed: {e.stderr}") from None
+    finally:
+        for kind in ("-t", "-s"):
+            subprocess.run(
+                ["tpm2_flushcontext", "-T", tpm.tcti, kind],
+                env=env,
+                capture_output=True,
+                timeout=60,
+                check=True,
+            )
+
+
 @dataclass(frozen=True)
 class Ek:
-    tpm: Swtpm
+    ca: LocalCa
     dir: Path
 
     def read(self, name: str) -> bytes:
@@ -45,27 +69,25 @@ class Ek:
 
     @property
     def roots(self) -> list[x509.Certificate]:
-        return load_ca_certificates(self.tpm.root_cert.read_bytes())
+        return load_ca_certificates(self.ca.root_cert.read_bytes())
 
     @property
     def intermediates(self) -> list[x509.Certificate]:
-        return load_ca_certificates(self.tpm.intermediate_cert.read_bytes())
+        return load_ca_certificates(self.ca.intermediate_cert.read_bytes())
 
 
-@pytest.fixture(scope="module")
-def ek(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ek]:
-    with running_swtpm(tmp_path_factory.mktemp("ve")) as tpm:
-        w = tpm.root / "work"
-        w.mkdir()
-        for index, out in ((RSA_CERT, "rsa.der"), (ECC_CERT, "ecc.der")):
-            tpm.tool("tpm2_nvread", "-C", "o", index, "-o", out, cwd=w)
-        for handle, out in ((RSA_EK, "rsa-persistent.pub"), (ECC_EK, "ecc.pub")):
-            tpm.tool("tpm2_readpublic", "-c", handle, "-o", out, cwd=w)
-        # The RSA EK re-derived from the EK Credential Profile template, as an agent does it.
-        tpm.tool("tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "rsa.pub", cwd=w)
-        # The low-range ECC P-256 EK: a genuine EK of this TPM, but not the certified one.
-        tpm.tool("tpm2_createek", "-c", "ek256.ctx", "-G", "ecc", "-u", "ecc256.pub", cwd=w)
-        yield Ek(tpm, w)
+@pytest.fixture
+def ek(swtpm: SwtpmInstance, tmp_path: Path) -> Ek:
+    assert swtpm.ca is not None
+    for index, out in ((RSA_CERT, "rsa.der"), (ECC_CERT, "ecc.der")):
+        tool(swtpm, "tpm2_nvread", "-C", "o", index, "-o", out, cwd=tmp_path)
+    for handle, out in ((RSA_EK, "rsa-persistent.pub"), (ECC_EK, "ecc.pub")):
+        tool(swtpm, "tpm2_readpublic", "-c", handle, "-o", out, cwd=tmp_path)
+    # The RSA EK re-derived from the EK Credential Profile template, as an agent does it.
+    tool(swtpm, "tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "rsa.pub", cwd=tmp_path)
+    # The low-range ECC P-256 EK: a genuine EK of this TPM, but not the one the P-384 certificate certifies.
+    tool(swtpm, "tpm2_createek", "-c", "ek256.ctx", "-G", "ecc", "-u", "ecc256.pub", cwd=tmp_path)
+    return Ek(swtpm.ca, tmp_path)
 
 
 @pytest.mark.parametrize(("cert", "public"), [("rsa.der", "rsa.pub"), ("ecc.der", "ecc.pub")])

@@ -47,7 +47,7 @@ from attest.verify.tpmstructs import (
     TpmtPublic,
     parse_tpmt_public,
 )
-from tests.verify_swtpm_helpers import SWTPM_AK, SWTPM_AK_NAME, SWTPM_NONCE, SWTPM_QUOTE, SWTPM_SIG
+from tests.recorded_swtpm import SWTPM_AK, SWTPM_AK_NAME, SWTPM_NONCE, SWTPM_QUOTE, SWTPM_SIG
 
 GCP = Path(__file__).parent / "data/eventlogs/go-attestation/windows_gcp_shielded_vm.json"
 EIGHT = PcrSelection.parse("sha256:0-7")

@@ -3,6 +3,7 @@ tampered copies of those real files must be refused with the right reason."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,12 +17,8 @@ from attest.reasons import Reason
 from attest.verify.pcrs import PcrValues, load_pcr_file, parse_pcrread_yaml, parse_tools_serialized
 from attest.verify.quote import QuoteResult, ak_name, compare_clock, load_ak, verify_quote
 from attest.verify.tpmstructs import parse_public
-from tests.verify_swtpm_helpers import Swtpm, available, running_swtpm
-
-pytestmark = [
-    pytest.mark.swtpm,
-    pytest.mark.skipif(not available(), reason="swtpm and tpm2-tools are not installed"),
-]
+from swtpm.instance import SwtpmInstance
+from swtpm.provision import TpmState, copy_state
 
 NONCE = bytes.fromhex("5eedf00d0123456789abcdef")
 PCRS = "0,1,2,3,4,5,6,7"
@@ -29,10 +26,41 @@ EIGHT = PcrSelection.parse("sha256:0-7")
 PERSISTENT_AK = "0x81000020"
 
 
+def tool(tpm: SwtpmInstance, *argv: str, cwd: Path) -> str:
+    """Run one tpm2-tools command against ``tpm`` and return its stdout. swtpm has no resource
+    manager, so the transient objects and sessions a tool leaves loaded are flushed after it."""
+    env = {**os.environ, "TSS2_LOG": "all+NONE"}
+    try:
+        out = subprocess.run(
+            [argv[0], "-T", tpm.tcti, *argv[1:]],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    except subprocess.CalledProcessError as e:
+        raise AssertionError(f"{' '.join(argv)} failed: {e.stderr}") from None
+    finally:
+        for kind in ("-t", "-s"):
+            subprocess.run(
+                ["tpm2_flushcontext", "-T", tpm.tcti, kind],
+                env=env,
+                capture_output=True,
+                timeout=60,
+                check=True,
+            )
+    return out.stdout
+
+
 @dataclass(frozen=True)
 class Artifacts:
-    tpm: Swtpm
+    tpm: SwtpmInstance
     dir: Path
+
+    def tool(self, *argv: str) -> str:
+        return tool(self.tpm, *argv, cwd=self.dir)
 
     def read(self, name: str) -> bytes:
         return (self.dir / name).read_bytes()
@@ -65,33 +93,35 @@ class Artifacts:
 
 
 @pytest.fixture(scope="module")
-def art(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Artifacts]:
-    with running_swtpm(tmp_path_factory.mktemp("vq")) as tpm:
-        w = tpm.root / "work"
-        w.mkdir()
-        t = tpm.tool
-        t("tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub", cwd=w)
+def art(swtpm_template: TpmState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Artifacts]:
+    # Made once per module: four AKs (two RSA) take about a second, and every test but the last only
+    # reads them. `swtpm` is per test, so this starts its own copy of the shared template instead.
+    state = copy_state(swtpm_template, tmp_path_factory.mktemp("swtpm") / "state")
+    with SwtpmInstance(state.state_dir, ca=state.ca) as tpm:
+        art = Artifacts(tpm, tmp_path_factory.mktemp("quote"))
+        w, t = art.dir, art.tool
+        t("tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub")
         # Measurements, so the quoted values are not all the reset value.
         for pcr, byte in ((0, "11"), (4, "44"), (7, "77")):
-            t("tpm2_pcrextend", f"{pcr}:sha1={byte * 20},sha256={byte * 32}", cwd=w)
+            t("tpm2_pcrextend", f"{pcr}:sha1={byte * 20},sha256={byte * 32}")
         for ak, alg, scheme in (("ecc", "ecc", "ecdsa"), ("ecc2", "ecc", "ecdsa"), ("rsa", "rsa", "rsassa")):
             t("tpm2_createak", "-C", "ek.ctx", "-c", f"{ak}.ctx", "-G", alg, "-g", "sha256", "-s", scheme,
-              "-u", f"{ak}.pub", "-n", f"{ak}.name", cwd=w)  # fmt: skip
+              "-u", f"{ak}.pub", "-n", f"{ak}.name")  # fmt: skip
         t("tpm2_createak", "-C", "ek.ctx", "-c", "pss.ctx", "-G", "rsa", "-g", "sha256", "-s", "rsapss",
-          "-u", "pss.pub", "-n", "pss.name", cwd=w)  # fmt: skip
+          "-u", "pss.pub", "-n", "pss.name")  # fmt: skip
         for ak, extra in (("ecc", []), ("rsa", []), ("pss", ["--scheme", "rsapss"])):
             t("tpm2_quote", "-c", f"{ak}.ctx", "-l", f"sha256:{PCRS}", "-q", NONCE.hex(), "-g", "sha256",
-              "-m", f"{ak}.msg", "-s", f"{ak}.sig", "-o", f"{ak}.pcrs", *extra, cwd=w)  # fmt: skip
+              "-m", f"{ak}.msg", "-s", f"{ak}.sig", "-o", f"{ak}.pcrs", *extra)  # fmt: skip
         t("tpm2_quote", "-c", "ecc.ctx", "-l", "sha1:0,4+sha256:0,4", "-q", NONCE.hex(), "-g", "sha256",
-          "-m", "mixed.msg", "-s", "mixed.sig", "-o", "mixed.pcrs", cwd=w)  # fmt: skip
-        (w / "pcrread.yaml").write_text(t("tpm2_pcrread", f"sha256:{PCRS}", "-o", "pcrread.values", cwd=w))
+          "-m", "mixed.msg", "-s", "mixed.sig", "-o", "mixed.pcrs")  # fmt: skip
+        (w / "pcrread.yaml").write_text(t("tpm2_pcrread", f"sha256:{PCRS}", "-o", "pcrread.values"))
         # A real attestation that is not a quote, signed by the same AK.
         t("tpm2_certify", "-c", "ecc.ctx", "-C", "ecc.ctx", "-g", "sha256", "-o", "certify.msg",
-          "-s", "certify.sig", cwd=w)  # fmt: skip
+          "-s", "certify.sig")  # fmt: skip
         (w / "certify.pcrs").write_bytes((w / "ecc.pcrs").read_bytes())
-        t("tpm2_readpublic", "-c", "ecc.ctx", "-o", "readpublic.pub", cwd=w)
-        t("tpm2_evictcontrol", "-C", "o", "-c", "ecc.ctx", PERSISTENT_AK, cwd=w)
-        yield Artifacts(tpm, w)
+        t("tpm2_readpublic", "-c", "ecc.ctx", "-o", "readpublic.pub")
+        t("tpm2_evictcontrol", "-C", "o", "-c", "ecc.ctx", PERSISTENT_AK)
+        yield art
 
 
 # --- genuine ------------------------------------------------------------------------------
@@ -221,20 +251,19 @@ def test_rsa_signature_scheme_swapped(art: Artifacts) -> None:
 
 
 def test_reboot_between_quotes_is_detected(art: Artifacts) -> None:
-    t = art.tpm.tool
+    t = art.tool
     before = art.verify("ecc")
     t("tpm2_quote", "-c", PERSISTENT_AK, "-l", f"sha256:{PCRS}", "-q", NONCE.hex(), "-g", "sha256",
-      "-m", "later.msg", "-s", "later.sig", "-o", "later.pcrs", cwd=art.dir)  # fmt: skip
+      "-m", "later.msg", "-s", "later.sig", "-o", "later.pcrs")  # fmt: skip
     later = art.verify("ecc", "later")
     assert later.ok, later.failures
     same_boot = compare_clock(before.clock_info, later.clock_info)
     assert (same_boot.reboot, same_boot.failures) == (False, ())
 
-    # Power-cycle the TPM: _TPM_Init, then Startup(CLEAR) with no orderly shutdown.
-    subprocess.run(["swtpm_ioctl", "--unix", f"{art.tpm.socket}.ctrl", "-i"], check=True, timeout=30)
-    t("tpm2_startup", "-c", cwd=art.dir)
+    # Power-cycle the TPM with no orderly shutdown: swtpm stops, starts again, Startup(CLEAR).
+    art.tpm.restart(orderly=False)
     t("tpm2_quote", "-c", PERSISTENT_AK, "-l", f"sha256:{PCRS}", "-q", NONCE.hex(), "-g", "sha256",
-      "-m", "rebooted.msg", "-s", "rebooted.sig", "-o", "rebooted.pcrs", cwd=art.dir)  # fmt: skip
+      "-m", "rebooted.msg", "-s", "rebooted.sig", "-o", "rebooted.pcrs")  # fmt: skip
     rebooted = art.verify("ecc", "rebooted")
     assert rebooted.ok, rebooted.failures
     assert rebooted.pcrs["sha256"][0] == bytes(32)  # the measurements are gone with the reset

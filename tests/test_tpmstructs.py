@@ -37,7 +37,7 @@ from attest.verify.tpmstructs import (
     parse_tpmt_public,
     tpm2b,
 )
-from tests.verify_swtpm_helpers import SWTPM_AK, SWTPM_QUOTE, SWTPM_SIG
+from tests.recorded_swtpm import SWTPM_AK, SWTPM_QUOTE, SWTPM_SIG
 
 GCP = Path(__file__).parent / "data/eventlogs/go-attestation/windows_gcp_shielded_vm.json"
 
