@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import os
+import socket
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from attest import __version__
-from attest.cli._common import EXIT_OK, ArgumentParser, run
+from attest.cli._common import EXIT_OK, EXIT_UNTRUSTED, EXIT_USAGE, ArgumentParser, print_json, run
 from attest.errors import UsageError
 from attest.pcrselect import PcrSelection
+
+if TYPE_CHECKING:
+    from attest.agent.daemon import AgentConfig, EventLog
+    from attest.wire import ReasonOut
 
 DESCRIPTION = """\
 The node agent. It reads the TPM's endorsement key certificate, keeps an attestation key
@@ -17,6 +25,43 @@ The node agent. It reads the TPM's endorsement key certificate, keeps an attesta
 
 TCTI strings are tpm2-tools': device:/dev/tpmrm0 (default), swtpm:path=/run/swtpm.sock,
 mssim:host=localhost,port=2321.
+"""
+
+ENV_PREFIX = "ATTEST_AGENT_"
+QUOTE_REFUSED = 422  # the verifier's answer to evidence that failed before a verdict
+
+DAEMON_DESCRIPTION = """\
+Attest this node to a verifier: enroll the TPM if the verifier does not know it yet, then
+answer the verifier's challenges with TPM quotes, the firmware event log and the IMA list.
+
+Enrollment (once, and again when the verifier or the TPM has forgotten it): the agent sends
+its EK certificate and a new attestation key (AK, kept in --state-dir); the verifier answers
+with a credential that only this TPM can open (TPM2_ActivateCredential), which proves the
+AK lives next to that EK. A round: challenge (nonce + PCR selection) -> quote -> evidence ->
+verdict. The IMA list goes incrementally, from the entry the verifier asks for, and whole
+after a reboot.
+"""
+
+RUN_EPILOG = """\
+Failures never stop the daemon: every failed round (verifier unreachable, TLS error, 5xx,
+TPM error) is retried after 1 s, 2 s, 4 s ... up to --max-backoff, with jitter, and no
+sooner than a Retry-After the verifier sends. SIGTERM or SIGINT ends it with exit code 0.
+
+Logs go to stderr, one line per event (logfmt, or JSON with --log-format json).
+
+Every option has an environment variable: ATTEST_AGENT_ and the option name in capitals with
+underscores (--ca-cert -> ATTEST_AGENT_CA_CERT). A command-line option wins.
+
+example:
+  attest-agent run --verifier https://attest.example:8443 --ca-cert /etc/attest/ca.crt
+"""
+
+ONCE_EPILOG = """\
+Exit codes: 0 trusted; 1 appraised and untrusted (the reasons are printed); 2 the verifier
+could not be reached or refused, the TPM failed, or the command line is wrong.
+
+example:
+  attest-agent once --verifier https://attest.example:8443 --ca-cert ca.crt --node worker-1
 """
 
 QUOTE_EPILOG = """\
@@ -44,18 +89,50 @@ def _nonce(text: str) -> bytes:
     return value
 
 
-def _add_tpm_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tcti", default="device:/dev/tpmrm0", help="how to reach the TPM (default: %(default)s)")
+def _env(option: str, default: str | None = None) -> str | None:
+    """The environment's value for --option (ATTEST_AGENT_OPTION), else `default`."""
+    return os.environ.get(ENV_PREFIX + option.lstrip("-").upper().replace("-", "_"), default)
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    # A type rather than `choices=`: argparse checks choices on the command line only, and the
+    # default may come from the environment.
+    def check(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+
+    return check
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < 86400 * 7:
+        raise argparse.ArgumentTypeError(f"{text} seconds is out of range")
+    return value
+
+
+def _add_tpm_options(p: argparse._ActionsContainer) -> None:
+    p.add_argument(
+        "--tcti",
+        default=_env("--tcti", "device:/dev/tpmrm0"),
+        help="how to reach the TPM (default: %(default)s)",
+    )
     p.add_argument(
         "--state-dir",
         type=Path,
-        default=Path("/var/lib/attest-agent"),
+        metavar="DIR",
+        default=_env("--state-dir", "/var/lib/attest-agent"),
         help="where the AK blob is kept across restarts (default: %(default)s)",
     )
     p.add_argument(
         "--ak-alg",
-        choices=("ecc", "rsa"),
-        default="ecc",
+        type=_one_of("ecc", "rsa"),
+        default=_env("--ak-alg", "ecc"),
+        metavar="{ecc,rsa}",
         help="algorithm of a newly created AK (default: %(default)s)",
     )
 
@@ -73,6 +150,165 @@ def cmd_quote(args: argparse.Namespace) -> int:
     for path in write_quote_artifacts(q, ak.public, args.out):
         print(path)
     return EXIT_OK
+
+
+def _add_daemon_options(p: argparse.ArgumentParser) -> None:
+    from attest.agent.logs import DEFAULT_BOOT_ID, DEFAULT_EVENTLOG, DEFAULT_IMA
+
+    verifier = _env("--verifier")
+    ca_cert = _env("--ca-cert")
+    conn = p.add_argument_group("verifier")
+    conn.add_argument(
+        "--verifier",
+        metavar="URL",
+        default=verifier,
+        required=verifier is None,
+        help="the verifier's base URL, https://HOST[:PORT]",
+    )
+    conn.add_argument(
+        "--ca-cert",
+        metavar="FILE",
+        type=Path,
+        default=ca_cert,
+        required=ca_cert is None,
+        help="PEM CA certificate the verifier's TLS certificate must chain to; the only CA "
+        "trusted (verification cannot be turned off)",
+    )
+    conn.add_argument(
+        "--node",
+        metavar="NAME",
+        default=_env("--node"),
+        help="this node's Kubernetes name (default: the host name, in lower case)",
+    )
+    conn.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=_env("--timeout", "30"),
+        help="limit on each request to the verifier (default: %(default)s)",
+    )
+    tpm = p.add_argument_group("TPM")
+    _add_tpm_options(tpm)
+    tpm.add_argument(
+        "--ek-kind",
+        metavar="KIND",
+        default=_env("--ek-kind"),
+        help="which EK to enroll: EK-RSA2048, EK-ECC256, EK-HIGH-RSA2048, EK-HIGH-ECC256 or "
+        "EK-HIGH-ECC384 (default: EK-RSA2048 when certified, else the first certified one)",
+    )
+    logs = p.add_argument_group("node logs")
+    logs.add_argument(
+        "--eventlog",
+        metavar="PATH",
+        type=Path,
+        default=_env("--eventlog", str(DEFAULT_EVENTLOG)),
+        help="the TCG event log (default: %(default)s); absent: none is sent",
+    )
+    logs.add_argument(
+        "--ima",
+        metavar="PATH",
+        type=Path,
+        default=_env("--ima", str(DEFAULT_IMA)),
+        help="the IMA measurement list, binary or ASCII (default: %(default)s); absent: none is sent",
+    )
+    logs.add_argument(
+        "--boot-id-file",
+        metavar="PATH",
+        type=Path,
+        default=_env("--boot-id-file", str(DEFAULT_BOOT_ID)),
+        help="the kernel's boot id, to notice reboots (default: %(default)s)",
+    )
+    out = p.add_argument_group("agent logs")
+    out.add_argument(
+        "--log-format",
+        type=_one_of("text", "json"),
+        default=_env("--log-format", "text"),
+        metavar="{text,json}",
+        help="text: key=value per line; json: one JSON object per line (default: %(default)s)",
+    )
+    out.add_argument(
+        "--log-level",
+        type=_one_of("debug", "info", "warning", "error"),
+        default=_env("--log-level", "info"),
+        metavar="LEVEL",
+        help="debug, info, warning or error (default: %(default)s)",
+    )
+
+
+def _config(args: argparse.Namespace) -> tuple[AgentConfig, EventLog]:
+    from attest.agent.client import check_verifier_url
+    from attest.agent.daemon import DEFAULT_INTERVAL, DEFAULT_MAX_BACKOFF, AgentConfig, make_event_log
+    from attest.tpm.ek import EK_CERT_INDICES
+    from attest.wire import valid_node_name
+
+    node = args.node if args.node is not None else socket.gethostname().lower()
+    if not valid_node_name(node):
+        where = "--node" if args.node is not None else f"the host name {node!r}"
+        raise UsageError(f"{where}: not a Kubernetes node name (lower-case DNS-1123 subdomain); pass --node")
+    if args.ek_kind is not None and args.ek_kind not in EK_CERT_INDICES:
+        raise UsageError(f"--ek-kind {args.ek_kind!r}: one of {', '.join(EK_CERT_INDICES)}")
+    config = AgentConfig(
+        verifier=check_verifier_url(args.verifier),
+        ca_cert=args.ca_cert,
+        node=node,
+        tcti=args.tcti,
+        state_dir=args.state_dir,
+        ak_alg=args.ak_alg,
+        ek_kind=args.ek_kind,
+        eventlog=args.eventlog,
+        ima=args.ima,
+        boot_id_file=args.boot_id_file,
+        timeout=args.timeout,
+        interval=getattr(args, "interval", DEFAULT_INTERVAL),
+        max_backoff=getattr(args, "max_backoff", DEFAULT_MAX_BACKOFF),
+    )
+    return config, make_event_log(args.log_format, args.log_level)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from attest.agent.client import tls_context
+    from attest.agent.daemon import run_daemon
+
+    config, log = _config(args)
+    tls_context(config.ca_cert)  # a missing CA is a configuration error, not a round to retry
+    return run_daemon(config, log)
+
+
+def _print_untrusted(node: str, reasons: Sequence[ReasonOut]) -> None:
+    print(f"{node}: untrusted")
+    for r in reasons:
+        where = f" [{r.rule}]" if r.rule else ""
+        print(f"  {r.code}{where}: {r.message}")
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    from attest.agent.client import VerifierError, VerifierRejected
+    from attest.agent.daemon import attest_once, reasons_json
+    from attest.agent.logs import LogError
+
+    config, log = _config(args)
+    try:
+        verdict = attest_once(config, log)
+    except VerifierRejected as e:
+        if e.status != QUOTE_REFUSED or not e.reasons:
+            print(f"attest-agent: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        # The evidence failed its checks before a verdict could be stored: as untrusted as it gets.
+        if args.json:
+            print_json({"node": config.node, "trusted": False, "reasons": reasons_json(e.reasons)})
+        else:
+            _print_untrusted(config.node, e.reasons)
+        return EXIT_UNTRUSTED
+    except (VerifierError, LogError) as e:
+        print(f"attest-agent: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print_json(verdict.model_dump(mode="json"))
+    elif verdict.trusted:
+        print(f"{config.node}: trusted until {verdict.expires_at}")
+    else:
+        _print_untrusted(config.node, verdict.reasons)
+    return EXIT_OK if verdict.trusted else EXIT_UNTRUSTED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +337,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory for the four files")
     q.set_defaults(handler=cmd_quote)
+
+    r = sub.add_parser(
+        "run",
+        help="the daemon: enroll if needed, then attest on an interval",
+        description=DAEMON_DESCRIPTION,
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_daemon_options(r)
+    timing = r.add_argument_group("timing")
+    timing.add_argument(
+        "--interval",
+        metavar="SECONDS",
+        type=_seconds,
+        default=_env("--interval", "60"),
+        help="time between rounds, +-10%% jitter (default: %(default)s)",
+    )
+    timing.add_argument(
+        "--max-backoff",
+        metavar="SECONDS",
+        type=_seconds,
+        default=_env("--max-backoff", "300"),
+        help="longest wait between retries after failures (default: %(default)s)",
+    )
+    r.set_defaults(handler=cmd_run)
+
+    o = sub.add_parser(
+        "once",
+        help="enroll if needed, attest once; exit 0 only when trusted",
+        description=DAEMON_DESCRIPTION,
+        epilog=ONCE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_daemon_options(o)
+    o.add_argument("--json", action="store_true", help="print the verdict as JSON on stdout")
+    o.set_defaults(handler=cmd_once)
     return parser
 
 

@@ -1,0 +1,337 @@
+"""The agent with real software TPMs, against an in-process verifier double.
+
+The double answers the agent API with the project's own verification code (MakeCredential,
+quote verification, appraisal with incremental IMA replay) and lets each test decide what the
+verifier remembers: a reset database, a forgotten node. It runs on httpx's MockTransport, so
+TLS is not exercised here; tests/test_agent_e2e.py runs the real verifier over real TLS.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import stat
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from attest.agent.client import VerifierClient
+from attest.agent.daemon import Agent, AgentConfig, make_event_log
+from attest.agent.state import AK_FILE, BOOT_FILE, ENROLLMENT_FILE, Enrollment
+from attest.pcrselect import PcrSelection
+from attest.verify import appraise, ima
+from attest.verify.credential import check_activation, make_credential
+from attest.verify.pcrs import PcrValues
+from attest.verify.quote import ak_name, load_ak
+from attest.verify.tpmstructs import ClockInfo
+from attest.wire import (
+    ActivateRequest,
+    Challenge,
+    EnrollChallenge,
+    EnrollRequest,
+    EnrollResult,
+    ErrorOut,
+    Evidence,
+    ReasonOut,
+    VerdictOut,
+)
+from swtpm.imalog import measure_files, simulate_ima
+from swtpm.measuredboot import BootProfile, boot
+from tests.test_agent_client import make_pki
+
+pytestmark = pytest.mark.swtpm
+
+
+@dataclass
+class _Node:
+    ak_public: bytes
+    clock: ClockInfo | None = None
+    ima_state: ima.ReplayState | None = None
+
+
+@dataclass
+class VerifierDouble:
+    selection: str = "sha256:0-10"
+    nodes: dict[str, _Node] = field(default_factory=dict)
+    pending: dict[str, tuple[str, bytes, bytes]] = field(default_factory=dict)  # id -> node, AK, secret
+    nonces: dict[bytes, str] = field(default_factory=dict)
+    seen: list[tuple[str, Any]] = field(default_factory=list)
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        parts = request.url.path.removeprefix("/v1/").split("/")
+        now = dt.datetime.now(dt.UTC)
+        if parts == ["enroll"]:
+            enroll = EnrollRequest.model_validate_json(request.content)
+            self.seen.append(("enroll", enroll))
+            secret = os.urandom(16)
+            cred = make_credential(enroll.ek_public, ak_name(enroll.ak_public), secret)
+            eid = uuid.uuid4().hex
+            self.pending[eid] = (enroll.node, enroll.ak_public, secret)
+            out: Any = EnrollChallenge(
+                enrollment_id=eid,
+                credential_blob=cred.id_object,
+                encrypted_secret=cred.encrypted_secret,
+                expires_at=now,
+            )
+        elif parts[0] == "enroll":
+            node, ak_public, secret = self.pending.pop(parts[1])
+            check_activation(secret, ActivateRequest.model_validate_json(request.content).secret)
+            self.nodes[node] = _Node(ak_public)
+            out = EnrollResult(node=node, ak_name=ak_name(ak_public).hex(), enrolled_at=now)
+        elif parts[2] == "challenge":
+            node = parts[1]
+            if node not in self.nodes:
+                return _error(404, "ak_not_bound", f"no AK bound to {node}")
+            nonce = os.urandom(32)
+            self.nonces[nonce] = node
+            state = self.nodes[node].ima_state
+            out = Challenge(
+                nonce=nonce, selection=self.selection, expires_at=now, ima_offset=state.offset if state else 0
+            )
+            self.seen.append(("challenge", out))
+        else:
+            out = self._evidence(parts[1], Evidence.model_validate_json(request.content), now)
+        return httpx.Response(200, content=out.model_dump_json())
+
+    def _evidence(self, node: str, evidence: Evidence, now: dt.datetime) -> VerdictOut:
+        self.seen.append(("evidence", evidence))
+        assert self.nonces.pop(evidence.nonce) == node
+        bound = self.nodes[node]
+        verdict = appraise.appraise(
+            appraise.Evidence(
+                attest=evidence.quote,
+                signature=evidence.signature,
+                pcrs=PcrValues(
+                    {b: {i: bytes.fromhex(v) for i, v in vs.items()} for b, vs in evidence.pcrs.items()}
+                ),
+                eventlog=evidence.eventlog,
+                ima=evidence.ima,
+            ),
+            appraise.Expectations(
+                ak=load_ak(bound.ak_public),
+                nonce=evidence.nonce,
+                selection=PcrSelection.parse(self.selection),
+                previous_clock=bound.clock,
+                # The agent restarts the list at 0 after a reboot: so does the replay.
+                ima_state=bound.ima_state if evidence.ima_offset else None,
+            ),
+        )
+        bound.clock = verdict.clock or bound.clock
+        bound.ima_state = verdict.ima_state or bound.ima_state
+        return VerdictOut(
+            node=node,
+            trusted=verdict.trusted,
+            reasons=[ReasonOut(**f.to_json()) for f in verdict.findings],  # type: ignore[arg-type]
+            appraised_at=now,
+            expires_at=now if verdict.trusted else None,
+            reboot=verdict.reboot,
+            ima_offset=bound.ima_state.offset if bound.ima_state else 0,
+        )
+
+    def requests(self, kind: str) -> list[Any]:
+        return [body for k, body in self.seen if k == kind]
+
+
+def _error(status: int, code: str, message: str) -> httpx.Response:
+    return httpx.Response(status, content=ErrorOut(code=code, message=message).model_dump_json())
+
+
+@dataclass
+class Node:
+    """A booted swtpm with its logs in files, as securityfs would show them."""
+
+    tpm: Any
+    dir: Path
+    ima_log: Any = None
+
+    @property
+    def eventlog(self) -> Path:
+        return self.dir / "binary_bios_measurements"
+
+    @property
+    def ima(self) -> Path:
+        return self.dir / "ascii_runtime_measurements"
+
+    @property
+    def boot_id(self) -> Path:
+        return self.dir / "boot_id"
+
+    def boot(self, profile: BootProfile | None = None) -> None:
+        simulated = boot(self.tpm, profile or BootProfile())
+        self.eventlog.write_bytes(simulated.log)
+        self.ima_log = simulate_ima(self.tpm.tcti)
+        self.ima.write_text(self.ima_log.text())
+        self.boot_id.write_text(str(uuid.uuid4()) + "\n")
+
+    def run_files(self, *names: str) -> None:
+        self.ima_log = measure_files(self.tpm.tcti, self.ima_log, [(n, n.encode()) for n in names])
+        self.ima.write_text(self.ima_log.text())
+
+
+@pytest.fixture
+def node(swtpm: Any, tmp_path: Path) -> Node:
+    n = Node(swtpm, tmp_path / "node")
+    n.dir.mkdir()
+    n.boot()
+    return n
+
+
+@pytest.fixture(scope="module")
+def ca_cert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_pki(tmp_path_factory.mktemp("pki")).ca_cert
+
+
+def _agent(node: Node, verifier: VerifierDouble, ca_cert: Path, state: Path) -> tuple[Agent, io.StringIO]:
+    config = AgentConfig(
+        verifier="https://verifier.test",
+        ca_cert=ca_cert,
+        node="node-1",
+        tcti=node.tpm.tcti,
+        state_dir=state,
+        eventlog=node.eventlog,
+        ima=node.ima,
+        boot_id_file=node.boot_id,
+    )
+    client = VerifierClient(config.verifier, ca_cert, transport=httpx.MockTransport(verifier.handler))
+    out = io.StringIO()
+    return Agent(config, client, make_event_log("json", "debug", out)), out
+
+
+def _events(out: io.StringIO, name: str) -> list[dict[str, Any]]:
+    return [d for d in map(json.loads, out.getvalue().splitlines()) if d["event"] == name]
+
+
+def test_enrolls_once_and_reuses_the_ak_across_restarts(node: Node, ca_cert: Path, tmp_path: Path) -> None:
+    verifier = VerifierDouble()
+    state = tmp_path / "state"
+    agent, out = _agent(node, verifier, ca_cert, state)
+    verdict = agent.attest()
+    assert verdict.trusted, verdict.reasons
+    enroll = verifier.requests("enroll")[0]
+    assert enroll.ek_certificate is not None  # the RSA EK certificate, preferred
+    assert _events(out, "enroll.start")[0]["ek_kind"] == "EK-RSA2048"
+    for name in (AK_FILE, ENROLLMENT_FILE, BOOT_FILE):
+        assert stat.S_IMODE((state / name).stat().st_mode) == 0o600
+    enrolled = Enrollment.load(state)
+    assert enrolled is not None
+    assert enrolled.ak_name == ak_name(enroll.ak_public).hex()
+
+    restarted, out = _agent(node, verifier, ca_cert, state)
+    assert restarted.attest().trusted
+    assert restarted.attest().trusted
+    assert len(verifier.requests("enroll")) == 1
+    assert not _events(out, "enroll.start")
+
+
+def test_ima_goes_incrementally_and_whole_after_a_reboot(node: Node, ca_cert: Path, tmp_path: Path) -> None:
+    verifier = VerifierDouble()
+    agent, out = _agent(node, verifier, ca_cert, tmp_path / "state")
+    first = len(node.ima_log.entries)
+    assert agent.attest().trusted
+    node.run_files("/usr/bin/crictl", "/usr/sbin/iptables")
+    verdict = agent.attest()
+    assert verdict.trusted, verdict.reasons
+    assert verdict.ima_offset == first + 2
+    evidence = verifier.requests("evidence")
+    assert [e.ima_offset for e in evidence] == [0, first]
+    assert len(ima.parse(evidence[1].ima).entries) == 2
+    assert _events(out, "verdict")[-1]["ima_sent"] == 2
+
+    # Nothing new: an empty list from the verifier's offset, still judged against PCR 10.
+    assert agent.attest().trusted
+    assert verifier.requests("evidence")[-1].ima == b""
+
+    node.boot()  # new boot id, PCRs reset, a shorter IMA list
+    node.run_files(*(f"/opt/bin/tool{i}" for i in range(5)))  # ...now longer than before
+    assert verifier.requests("challenge")[-1].ima_offset == first + 2
+    verdict = agent.attest()
+    assert verdict.trusted, verdict.reasons
+    assert verdict.reboot
+    assert verifier.requests("evidence")[-1].ima_offset == 0
+    assert len(ima.parse(verifier.requests("evidence")[-1].ima).entries) == len(node.ima_log.entries)
+    (reboot,) = _events(out, "reboot.detected")
+    assert "reboot detected" in reboot["message"]
+    assert agent.attest().trusted
+    assert verifier.requests("evidence")[-1].ima_offset == len(node.ima_log.entries)
+
+
+def test_enrolls_again_when_the_verifier_forgets_the_node(node: Node, ca_cert: Path, tmp_path: Path) -> None:
+    verifier = VerifierDouble()
+    agent, out = _agent(node, verifier, ca_cert, tmp_path / "state")
+    assert agent.attest().trusted
+    verifier.nodes.clear()  # its database was reset
+    assert agent.attest().trusted
+    assert len(verifier.requests("enroll")) == 2
+    assert _events(out, "enroll.lost")
+
+
+def test_a_new_verifier_or_node_name_means_a_new_enrollment(
+    node: Node, ca_cert: Path, tmp_path: Path
+) -> None:
+    verifier = VerifierDouble()
+    state = tmp_path / "state"
+    agent, _ = _agent(node, verifier, ca_cert, state)
+    assert agent.attest().trusted
+    enrolled = Enrollment.load(state)
+    assert enrolled is not None
+    Enrollment(
+        enrolled.node, "https://old-verifier.test", enrolled.ak_name, enrolled.ek_kind, enrolled.enrolled_at
+    ).save(state)
+    agent, _ = _agent(node, verifier, ca_cert, state)
+    assert agent.attest().trusted
+    assert len(verifier.requests("enroll")) == 2
+    # The same AK both times: only the binding was redone.
+    assert verifier.requests("enroll")[0].ak_public == verifier.requests("enroll")[1].ak_public
+
+
+def test_a_cleared_tpm_gets_a_new_ak_and_enrolls_again(node: Node, ca_cert: Path, tmp_path: Path) -> None:
+    from tpm2_pytss import ESYS_TR
+
+    from attest.tpm import Tpm
+
+    verifier = VerifierDouble()
+    agent, out = _agent(node, verifier, ca_cert, tmp_path / "state")
+    assert agent.attest().trusted
+    with Tpm(node.tpm.tcti) as tpm:
+        tpm.esapi.clear(ESYS_TR.RH_LOCKOUT)  # a new storage seed: the AK blob no longer loads
+    # The running agent's first round fails in the TPM; the next one notices the AK is gone.
+    with pytest.raises(Exception, match="attestation key"):
+        agent.attest()
+    assert agent.attest().trusted
+    enrolls = verifier.requests("enroll")
+    assert len(enrolls) == 2
+    assert enrolls[0].ak_public != enrolls[1].ak_public
+    (replaced,) = _events(out, "ak.replaced")
+    assert replaced["level"] == "error"
+    assert "cleared" in replaced["message"]
+
+
+def test_an_altered_kernel_is_untrusted_with_its_reasons(swtpm: Any, ca_cert: Path, tmp_path: Path) -> None:
+    """Without a policy the double appraises integrity only; lying about the event log is
+    what an altered node can do, and it shows as a replay mismatch."""
+    node = Node(swtpm, tmp_path / "node")
+    node.dir.mkdir()
+    node.boot(BootProfile().with_kernel(b"a kernel with a rootkit"))
+    honest_log = node.eventlog.read_bytes()
+    node.eventlog.write_bytes(boot_log_of(BootProfile()))
+    agent, out = _agent(node, VerifierDouble(), ca_cert, tmp_path / "state")
+    verdict = agent.attest()
+    assert not verdict.trusted
+    assert "eventlog_replay_mismatch" in {r.code for r in verdict.reasons}
+    (logged,) = _events(out, "verdict")
+    assert logged["level"] == "warning"
+    assert logged["reasons"][0]["code"]
+    node.eventlog.write_bytes(honest_log)
+    assert agent.attest().trusted
+
+
+def boot_log_of(profile: BootProfile) -> bytes:
+    from swtpm.measuredboot import simulate_boot
+
+    return simulate_boot(profile).log
