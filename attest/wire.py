@@ -227,3 +227,12 @@ class AuditRecordOut(Model):
     data: dict[str, Any]
     prev: Hex  # hash of the previous record ("" for the first)
     hash: Hex
+
+
+# Kubernetes admission: the paths the verifier serves AdmissionReview v1 on, behind its TLS.
+# deploy/base/webhook.yaml points the ValidatingWebhookConfiguration at these; deploy/lint.py
+# checks that the two agree.
+ADMISSION_NODES = API_PREFIX + "/admission/nodes"  # Node CREATE, UPDATE
+ADMISSION_CSRS = API_PREFIX + "/admission/csrs"  # CertificateSigningRequest CREATE
+ADMISSION_PODS = API_PREFIX + "/admission/pods"  # Pod CREATE/UPDATE, pods/binding, pods/ephemeralcontainers
+ADMISSION_PATHS = (ADMISSION_NODES, ADMISSION_CSRS, ADMISSION_PODS)
