@@ -1,0 +1,60 @@
+"""create_app: the verifier's ASGI application, built from settings and a store.
+
+Nothing happens at import: every object the routes use (service, admin, metrics registry) is
+made here, per application, and reached by routes through app.state (webhook.deps). The
+caller owns the store and closes it.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from fastapi import FastAPI
+
+from attest import __version__
+from attest.store.api import Store
+from webhook import errors, health, routes_admin, routes_agent
+from webhook.admin import Admin
+from webhook.config import Settings
+from webhook.metrics import Metrics
+from webhook.middleware import BodyLimit, RequestContext
+from webhook.service import Clock, RandomBytes, Verifier, utcnow
+
+
+def create_app(
+    settings: Settings,
+    store: Store,
+    *,
+    clock: Clock = utcnow,
+    random_bytes: RandomBytes = secrets.token_bytes,
+) -> FastAPI:
+    admin = Admin(store, clock)
+    metrics = Metrics(node_states=admin.node_state_counts)
+    app = FastAPI(
+        title="attest-verifier",
+        version=__version__,
+        summary="TPM 2.0 node attestation: enrollment, challenges, evidence, verdicts",
+        docs_url=None,  # the interactive pages load scripts from a CDN: not on a security service
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.metrics = metrics
+    app.state.admin = admin
+    app.state.verifier = Verifier(settings, store, metrics, clock=clock, random_bytes=random_bytes)
+
+    errors.install(app)
+    app.include_router(routes_agent.router)
+    app.include_router(routes_admin.router)
+    app.include_router(health.router)
+
+    evidence = re.compile(re.sub(r"\{[a-z_]+\}", "[^/]+", routes_agent.EVIDENCE_PATH))
+    app.add_middleware(
+        BodyLimit,
+        default_limit=settings.max_request_bytes,
+        limits=[(evidence, settings.max_evidence_bytes)],
+        on_reject=lambda reason: metrics.requests_rejected.labels(reason).inc(),
+    )
+    app.add_middleware(RequestContext)  # added last: outermost, so it sees every failure
+    return app

@@ -1,0 +1,72 @@
+"""The agent API (/v1): enroll, activate, challenge, evidence. Bodies are attest.wire models."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from attest.wire import (
+    API_PREFIX,
+    ActivateRequest,
+    Challenge,
+    EnrollChallenge,
+    EnrollRequest,
+    EnrollResult,
+    ErrorOut,
+    Evidence,
+    VerdictOut,
+)
+from webhook.deps import EnrollmentId, NodeName, VerifierDep
+from webhook.errors import INVALID_REQUEST, JSON_REQUIRED, BadRequest, is_json
+
+EVIDENCE_PATH: Final = API_PREFIX + "/nodes/{node}/evidence"
+
+router = APIRouter(prefix=API_PREFIX, tags=["agent"])
+
+_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
+    status: {"model": ErrorOut} for status in (400, 403, 404, 409, 410, 413, 415, 503)
+}
+_REJECTED: Final = {"model": ErrorOut, "description": "the quote did not verify: no verdict was stored"}
+_EVIDENCE_BODY: Final = {"application/json": {"schema": Evidence.model_json_schema()}}
+
+
+# Plain `def` routes: FastAPI runs them in a worker thread, as their store calls block.
+@router.post("/enroll", responses=_ERRORS)
+def enroll(body: EnrollRequest, verifier: VerifierDep) -> EnrollChallenge:
+    return verifier.enroll(body)
+
+
+@router.post("/enroll/{enrollment_id}/activate", responses=_ERRORS)
+def activate(enrollment_id: EnrollmentId, body: ActivateRequest, verifier: VerifierDep) -> EnrollResult:
+    return verifier.activate(enrollment_id, body)
+
+
+@router.post("/nodes/{node}/challenge", responses=_ERRORS)
+def challenge(node: NodeName, verifier: VerifierDep) -> Challenge:
+    return verifier.challenge(node)
+
+
+def _parse_evidence(body: bytes) -> Evidence:
+    try:
+        return Evidence.model_validate_json(body)
+    except ValidationError as e:
+        raise RequestValidationError(e.errors(include_url=False, include_context=False)) from None
+
+
+@router.post(
+    "/nodes/{node}/evidence",
+    responses={**_ERRORS, 422: _REJECTED},
+    # The body is read and validated by hand (below), so its schema is declared here.
+    openapi_extra={"requestBody": {"required": True, "content": _EVIDENCE_BODY}},
+)
+async def evidence(node: NodeName, request: Request, verifier: VerifierDep) -> VerdictOut:
+    # Evidence runs to tens of MiB: decoding and validating it, like appraising it, is CPU
+    # work that would stall every other request if it ran on the event loop.
+    if not is_json(request.headers.get("content-type")):
+        raise BadRequest(INVALID_REQUEST, JSON_REQUIRED)
+    parsed = await run_in_threadpool(_parse_evidence, await request.body())
+    return await run_in_threadpool(verifier.submit_evidence, node, parsed)

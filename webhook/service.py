@@ -1,0 +1,450 @@
+"""Enrollment and attestation (DESIGN 3 and 4): the verifier's decisions, without HTTP.
+
+Every method takes wire models and returns wire models; refusals are typed exceptions
+(webhook.errors, the store's errors, the verifier library's ParseError / VerificationError)
+that webhook.errors turns into responses. Methods block (database, crypto, appraisal): the
+HTTP layer runs them in worker threads.
+
+Two rules shape the evidence path. First, the challenge endpoint is unauthenticated, so anyone
+can obtain a nonce for any node: evidence whose quote does not verify under the node's bound AK
+proves nothing about the node, and must not be able to replace its verdict (that would let
+anyone mark any node untrusted). It is answered 422 and audited, never stored as a verdict.
+Second, state carried between rounds (clock, IMA position) only moves forward on evidence that
+deserves it, so a failure stays visible until the node proves it is gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Final, NoReturn
+
+from cryptography.hazmat.primitives import serialization
+
+from attest.errors import AttestError, ParseError
+from attest.pcrselect import PcrSelection
+from attest.reasons import Finding, Reason
+from attest.store.api import (
+    Enrollment,
+    NodeRecord,
+    NonceRecord,
+    NonceRejected,
+    PolicyRecord,
+    Store,
+    StoreError,
+    VerdictRecord,
+)
+from attest.verify.appraise import Evidence as AppraisalEvidence
+from attest.verify.appraise import Expectations, Verdict, appraise
+from attest.verify.credential import make_credential
+from attest.verify.ekcert import validate_ek_certificate
+from attest.verify.ima import ReplayState
+from attest.verify.pcrs import PcrValues
+from attest.verify.policy import Policy, load_policy
+from attest.verify.quote import ak_name, check_ak_attributes, load_ak
+from attest.verify.tpmstructs import ClockInfo, PublicKey, parse_public
+from attest.wire import (
+    ActivateRequest,
+    Challenge,
+    EnrollChallenge,
+    EnrollRequest,
+    EnrollResult,
+    Evidence,
+    ReasonOut,
+    VerdictOut,
+)
+from webhook.config import Settings
+from webhook.errors import Conflicting, EvidenceRejected, Forbidden, Missing, ServiceError
+from webhook.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], dt.datetime]
+RandomBytes = Callable[[int], bytes]
+
+NONCE_BYTES: Final = 32
+CREDENTIAL_SECRET_BYTES: Final = 32
+_POLICY_CACHE: Final = 4
+# Findings that mean the TPM's clock or firmware went back: the stored high-water mark stays.
+_ROLLBACKS: Final = frozenset({Reason.QUOTE_CLOCK_ROLLBACK, Reason.QUOTE_FIRMWARE_ROLLBACK})
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def key_fingerprint(key: PublicKey) -> str:
+    """How EKs are named everywhere: hex SHA-256 of the SubjectPublicKeyInfo DER."""
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def public_pem(key: PublicKey) -> str:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode("ascii")
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivePolicy:
+    record: PolicyRecord
+    policy: Policy
+
+    @property
+    def label(self) -> str:
+        return f"{self.record.name}@{self.record.version}"
+
+
+class PolicyCache:
+    """Parsed policies by digest: a policy is parsed once per version, not once per request."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parsed: OrderedDict[str, Policy] = OrderedDict()
+
+    def load(self, record: PolicyRecord) -> Policy:
+        with self._lock:
+            policy = self._parsed.get(record.digest)
+            if policy is not None:
+                self._parsed.move_to_end(record.digest)
+                return policy
+        try:
+            policy = load_policy(record.text)
+        except ParseError as e:
+            # It loaded when it was stored; failing now is the verifier's problem, not the node's.
+            raise RuntimeError(f"stored policy {record.name}@{record.version} no longer loads: {e}") from e
+        with self._lock:
+            self._parsed[record.digest] = policy
+            while len(self._parsed) > _POLICY_CACHE:
+                self._parsed.popitem(last=False)
+        return policy
+
+
+def _clock_json(verdict: Verdict) -> dict[str, Any] | None:
+    if verdict.clock is None:
+        return None
+    return {
+        "clock": verdict.clock.clock,
+        "reset_count": verdict.clock.reset_count,
+        "restart_count": verdict.clock.restart_count,
+        "safe": verdict.clock.safe,
+        "firmware_version": verdict.firmware_version,
+    }
+
+
+def _previous_clock(node: NodeRecord) -> tuple[ClockInfo | None, int | None]:
+    if node.clock is None:
+        return None, None
+    c = node.clock
+    info = ClockInfo(int(c["clock"]), int(c["reset_count"]), int(c["restart_count"]), bool(c["safe"]))
+    firmware = c.get("firmware_version")
+    return info, None if firmware is None else int(firmware)
+
+
+def _reasons(findings: tuple[Finding, ...]) -> list[ReasonOut]:
+    return [ReasonOut.model_validate(f.to_json()) for f in findings]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Round:
+    """One evidence submission as judged: the appraisal, and what the service added to it."""
+
+    node: str
+    now: dt.datetime
+    policy: ActivePolicy | None
+    stored_ima: ReplayState | None
+    verdict: Verdict
+    findings: tuple[Finding, ...]
+    trusted: bool
+    restart_ima: bool  # the IMA position could not be continued: start over from the whole list
+
+
+class Verifier:
+    """The agent API's logic: enroll, activate, challenge, evidence."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        metrics: Metrics,
+        *,
+        clock: Clock = utcnow,
+        random_bytes: RandomBytes = secrets.token_bytes,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self._clock = clock
+        self._random = random_bytes
+        self._policies = PolicyCache()
+
+    # --- enrollment ------------------------------------------------------------------------
+
+    def enroll(self, request: EnrollRequest) -> EnrollChallenge:
+        """Accept the EK (manufacturer chain or operator enrollment), check the AK, and answer
+        with a credential only the TPM holding both can open."""
+        try:
+            challenge = self._enroll(request)
+        except (AttestError, StoreError, ServiceError):
+            self.metrics.enrollments.labels("refused").inc()
+            raise
+        self.metrics.enrollments.labels("challenged").inc()
+        return challenge
+
+    def _enroll(self, request: EnrollRequest) -> EnrollChallenge:
+        now = self._clock()
+        ek = parse_public(request.ek_public, Reason.EK_MALFORMED)
+        try:
+            ek_key = ek.public_key()
+        except ValueError as e:
+            raise ParseError(Reason.EK_MALFORMED, f"EK public area: {e}") from None
+        fingerprint = key_fingerprint(ek_key)
+        self._check_node_identity(request.node, fingerprint)
+        self._accept_ek(request, ek_key, fingerprint, now)
+
+        ak = parse_public(request.ak_public, Reason.AK_MALFORMED)
+        check_ak_attributes(ak)
+        name = ak_name(ak)  # computed here: a name the node sends proves nothing
+        secret = self._random(CREDENTIAL_SECRET_BYTES)
+        credential = make_credential(ek, name, secret)
+        enrollment = Enrollment(
+            id=secrets.token_urlsafe(24),
+            node=request.node,
+            ek_fingerprint=fingerprint,
+            ak_public=request.ak_public,
+            ak_name=name,
+            secret_hash=hashlib.sha256(secret).digest(),
+            expires_at=now + self.settings.enrollment_ttl,
+        )
+        self.store.create_enrollment(enrollment)
+        log.info("enrollment %s issued for node %s (EK %s)", enrollment.id, request.node, fingerprint[:16])
+        return EnrollChallenge(
+            enrollment_id=enrollment.id,
+            credential_blob=credential.id_object,
+            encrypted_secret=credential.encrypted_secret,
+            expires_at=enrollment.expires_at,
+        )
+
+    def _check_node_identity(self, node: str, fingerprint: str) -> None:
+        """A new TPM never silently takes over an enrolled node: an operator revokes the node
+        first. Refused here, before any credential is made; the store checks the same (and that
+        the TPM is not another node's) atomically when the credential is activated."""
+        bound = self.store.get_node(node)
+        if bound is not None and bound.revoked_at is None and bound.ek_fingerprint != fingerprint:
+            raise Conflicting(
+                Reason.EK_NODE_CONFLICT,
+                f"node {node} is bound to another TPM; an operator must revoke it before it re-enrolls",
+            )
+
+    def _accept_ek(
+        self, request: EnrollRequest, ek_key: PublicKey, fingerprint: str, now: dt.datetime
+    ) -> None:
+        vouched = self.store.find_ek(fingerprint)
+        if vouched is not None and vouched.node == request.node:
+            return
+        if request.ek_certificate is None:
+            raise Forbidden(
+                Reason.EK_NOT_ENROLLED,
+                "no EK certificate was sent and no operator enrolled this EK for this node",
+            )
+        # The chain vouches for the key in the certificate; check_ek_public (inside) makes sure
+        # that is the key MakeCredential encrypts to.
+        validate_ek_certificate(
+            request.ek_certificate,
+            self.settings.ek_roots,
+            self.settings.ek_intermediates,
+            ek_public=ek_key,
+            at=now,
+        )
+        if any(r.fingerprint == fingerprint and r.revoked_at is not None for r in self.store.list_eks()):
+            raise Forbidden(Reason.EK_NOT_ENROLLED, "an operator revoked this EK")
+
+    def activate(self, enrollment_id: str, request: ActivateRequest) -> EnrollResult:
+        try:
+            node = self.store.complete_enrollment(enrollment_id, request.secret, self._clock())
+        except StoreError:
+            self.metrics.enrollments.labels("activation_failed").inc()
+            raise
+        self.metrics.enrollments.labels("activated").inc()
+        log.info("node %s enrolled: AK %s bound", node.name, node.ak_name.hex())
+        return EnrollResult(node=node.name, ak_name=node.ak_name.hex(), enrolled_at=node.enrolled_at)
+
+    # --- attestation -----------------------------------------------------------------------
+
+    def _bound_node(self, name: str) -> NodeRecord:
+        node = self.store.get_node(name)
+        if node is None:
+            raise Missing(Reason.AK_NOT_BOUND, f"node {name} is not enrolled: no AK is bound to it")
+        if node.revoked_at is not None:
+            raise Forbidden(Reason.NODE_REVOKED, f"node {name} was revoked by an operator")
+        return node
+
+    def active_policy(self) -> ActivePolicy | None:
+        record = self.store.get_policy(self.settings.policy_name)
+        return None if record is None else ActivePolicy(record, self._policies.load(record))
+
+    def selection(self, policy: Policy | None) -> PcrSelection:
+        """The configured PCRs plus every PCR the policy's rules need, so no rule goes unjudged."""
+        banks = self.settings.pcrs.as_dict()
+        if policy is not None and policy.required_pcrs():
+            banks[policy.bank] = sorted(set(banks.get(policy.bank, ())) | policy.required_pcrs())
+        return PcrSelection.of(banks)
+
+    def challenge(self, name: str) -> Challenge:
+        node = self._bound_node(name)
+        now = self._clock()
+        active = self.active_policy()
+        selection = self.selection(active.policy if active else None)
+        record = NonceRecord(
+            node=name,
+            nonce=self._random(NONCE_BYTES),
+            selection=str(selection),
+            issued_at=now,
+            expires_at=now + self.settings.nonce_ttl,
+        )
+        self.store.issue_nonce(record)
+        ima = ReplayState.from_json(node.ima_state) if node.ima_state else None
+        return Challenge(
+            nonce=record.nonce,
+            selection=record.selection,
+            expires_at=record.expires_at,
+            ima_offset=ima.offset if ima else 0,
+        )
+
+    def submit_evidence(self, name: str, evidence: Evidence) -> VerdictOut:
+        now = self._clock()
+        try:
+            issued = self.store.consume_nonce(name, evidence.nonce, now)
+        except NonceRejected as e:
+            self.metrics.attestation("rejected", [e.code.value if e.code else "nonce_rejected"])
+            raise
+        node = self._bound_node(name)
+        try:
+            pcrs = PcrValues(
+                {b: {i: bytes.fromhex(v) for i, v in vs.items()} for b, vs in evidence.pcrs.items()}
+            )
+        except ValueError:
+            self._reject(name, (Finding(Reason.PCR_VALUES_MALFORMED, "a PCR value is not whole bytes"),))
+        except ParseError as e:
+            self._reject(name, (Finding(e.code, e.message),))
+
+        active = self.active_policy()
+        stored_ima = ReplayState.from_json(node.ima_state) if node.ima_state else None
+        # Offset 0 is a whole list from boot; any other offset continues exactly where the last
+        # accepted round stopped, or the entries before it would go unjudged.
+        resume = evidence.ima_offset > 0 and (stored_ima.offset if stored_ima else 0) == evidence.ima_offset
+        offset_wrong = evidence.ima_offset > 0 and not resume
+        previous_clock, previous_firmware = _previous_clock(node)
+        expect = Expectations(
+            ak=load_ak(node.ak_public),  # the AK bound at enrollment, never one from the request
+            nonce=issued.nonce,
+            selection=PcrSelection.parse(issued.selection),  # what was asked, not what was quoted
+            policy=active.policy if active else None,
+            previous_clock=previous_clock,
+            previous_firmware=previous_firmware,
+            ima_state=stored_ima if resume else None,
+        )
+        started = time.perf_counter()
+        verdict = appraise(
+            AppraisalEvidence(
+                attest=evidence.quote,
+                signature=evidence.signature,
+                pcrs=pcrs,
+                eventlog=evidence.eventlog,
+                ima=None if offset_wrong else evidence.ima,
+            ),
+            expect,
+        )
+        self.metrics.appraisal_seconds.observe(time.perf_counter() - started)
+        # appraise() proves PCR values only once the quote verified under the AK with the issued
+        # nonce and selection: without them, nothing in this evidence is provably the node's.
+        if not verdict.pcrs:
+            self._reject(name, verdict.findings)
+
+        extra: list[Finding] = []
+        if offset_wrong:
+            expected = stored_ima.offset if stored_ima else 0
+            extra.append(
+                Finding(
+                    Reason.IMA_REPLAY_MISMATCH,
+                    f"IMA entries sent from {evidence.ima_offset}, the verifier continues from {expected}",
+                    pcr=10,
+                )
+            )
+        elif resume and verdict.reboot:
+            extra.append(
+                Finding(
+                    Reason.IMA_REPLAY_MISMATCH,
+                    "the TPM was reset since the last accepted IMA entry: send the whole list from boot",
+                    pcr=10,
+                )
+            )
+        if active is None and self.settings.require_policy:
+            extra.append(
+                Finding(Reason.POLICY_MISSING, f"no policy named {self.settings.policy_name!r} is stored")
+            )
+        # Entries sent from a wrong offset were not appraised: "no IMA list sent" would mislead.
+        kept = (f for f in verdict.findings if not (offset_wrong and f.code is Reason.IMA_MISSING))
+        judged = _Round(
+            node=name,
+            now=now,
+            policy=active,
+            stored_ima=stored_ima,
+            verdict=verdict,
+            findings=(*kept, *extra),
+            trusted=verdict.trusted and not extra,
+            restart_ima=bool(extra),
+        )
+        return self._store_verdict(judged)
+
+    def _store_verdict(self, r: _Round) -> VerdictOut:
+        # IMA state advances only with a trusted verdict: an entry that failed policy must be
+        # judged again next round (and fail again) until a reboot clears the list. A reset, or
+        # a position the node could not continue from, starts over from the whole list.
+        new_ima: ReplayState | None = None
+        if r.trusted and r.verdict.ima_state is not None:
+            new_ima = r.verdict.ima_state
+        elif r.verdict.reboot or r.restart_ima:
+            new_ima = ReplayState()
+        clock = None if any(f.code in _ROLLBACKS for f in r.findings) else _clock_json(r.verdict)
+        expires = r.now + self.settings.verdict_ttl if r.trusted else None
+        detail = r.verdict.to_json()
+        del detail["trusted"], detail["reasons"]
+        record = VerdictRecord(
+            node=r.node,
+            trusted=r.trusted,
+            appraised_at=r.now,
+            expires_at=expires,
+            reasons=[f.to_json() for f in r.findings],
+            detail=detail,
+            policy=r.policy.label if r.policy else None,
+        )
+        self.store.record_verdict(record, clock, None if new_ima is None else new_ima.to_json())
+        codes = [f.code.value for f in r.findings]
+        self.metrics.attestation("trusted" if r.trusted else "untrusted", codes)
+        log.info("node %s appraised %s %s", r.node, "trusted" if r.trusted else "untrusted", " ".join(codes))
+        current = new_ima or r.stored_ima
+        return VerdictOut(
+            node=r.node,
+            trusted=r.trusted,
+            reasons=_reasons(r.findings),
+            appraised_at=r.now,
+            expires_at=expires,
+            reboot=r.verdict.reboot,
+            workarounds=list(r.verdict.workarounds),
+            ima_offset=current.offset if current else 0,
+        )
+
+    def _reject(self, name: str, findings: tuple[Finding, ...]) -> NoReturn:
+        """Refuse evidence whose quote did not verify: counted and audited, never a verdict."""
+        self.metrics.attestation("rejected", [f.code.value for f in findings])
+        self.store.append_audit("rejected-evidence", name, {"reasons": [f.to_json() for f in findings]})
+        log.warning("evidence for node %s rejected: %s", name, " ".join(f.code.value for f in findings))
+        raise EvidenceRejected(findings)
