@@ -262,6 +262,9 @@ def test_declared_oversize_body_is_413_before_the_route(ca: TestCa) -> None:
     assert r.status_code == 400  # under the evidence limit: it reached the route
     r = api.client.post("/v1/nodes/worker-1/evidence", content=b" " * 5001)
     assert error(r, 413).code == "request_too_large"
+    big_policy = json.dumps({"text": "version: 1\nname: big\n" + "#" * 2_000_000})
+    r = api.client.post("/v1/admin/policies", content=big_policy, headers=ADMIN)
+    assert r.status_code == 200, r.text  # policies have room for an IMA allowlist
     metrics = api.client.get("/metrics").text
     assert 'attest_requests_rejected_total{reason="too_large"} 2.0' in metrics
 

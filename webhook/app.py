@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from typing import Final
 
 from fastapi import FastAPI
 
@@ -20,6 +21,10 @@ from webhook.config import Settings
 from webhook.metrics import Metrics
 from webhook.middleware import BodyLimit, RequestContext
 from webhook.service import Clock, RandomBytes, Verifier, utcnow
+
+# A policy with an IMA allowlist runs to megabytes; PolicyIn allows 16 MiB of text, which JSON
+# escaping makes somewhat longer.
+POLICY_BODY_LIMIT: Final = 24 * 1024 * 1024
 
 
 def create_app(
@@ -50,10 +55,14 @@ def create_app(
     app.include_router(health.router)
 
     evidence = re.compile(re.sub(r"\{[a-z_]+\}", "[^/]+", routes_agent.EVIDENCE_PATH))
+    policies = re.compile(re.escape(routes_admin.POLICIES_PATH))
     app.add_middleware(
         BodyLimit,
         default_limit=settings.max_request_bytes,
-        limits=[(evidence, settings.max_evidence_bytes)],
+        limits=[
+            (evidence, settings.max_evidence_bytes),
+            (policies, max(settings.max_request_bytes, POLICY_BODY_LIMIT)),
+        ],
         on_reject=lambda reason: metrics.requests_rejected.labels(reason).inc(),
     )
     app.add_middleware(RequestContext)  # added last: outermost, so it sees every failure

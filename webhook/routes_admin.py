@@ -27,6 +27,7 @@ router = APIRouter(
     responses={status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 503)},
 )
 
+POLICIES_PATH: Final = API_PREFIX + "/admin/policies"
 PolicyName = Annotated[str, Path(pattern=POLICY_NAME_PATTERN)]
 EkId = Annotated[int, Path(ge=1)]
 DEFAULT_AUDIT_PAGE: Final = 1000
