@@ -28,6 +28,7 @@ from attest.agent.daemon import (
     backoff_delay,
     make_event_log,
     next_interval,
+    run_daemon,
 )
 from attest.agent.state import ENROLLMENT_FILE, Enrollment, load_boot_id, save_boot_id
 from attest.errors import TpmError
@@ -415,3 +416,16 @@ def test_run_retries_a_broken_tpm_and_stops_cleanly_on_sigterm(tmp_path: Path) -
     assert "error=TpmError" in text
     assert "event=agent.stopped" in text
     assert all(line.startswith("time=") for line in text.splitlines())
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_loop_that_dies_is_not_a_clean_exit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def die(self: Agent) -> None:
+        raise SystemExit(3)
+
+    monkeypatch.setattr(Agent, "run", die)
+    pki = make_pki(tmp_path / "pki")
+    config = AgentConfig(verifier="https://v.test", ca_cert=pki.ca_cert, node="n", state_dir=tmp_path)
+    out = io.StringIO()
+    assert run_daemon(config, make_event_log("json", "info", out)) == 1
+    assert json.loads(out.getvalue().splitlines()[-1])["event"] == "agent.died"

@@ -59,7 +59,7 @@ from attest.agent.state import (
     load_usable_ak,
     save_boot_id,
 )
-from attest.errors import TpmError, UsageError
+from attest.errors import TpmError
 from attest.pcrselect import PcrSelection
 from attest.tpm import AttestationKey, Tpm, activate_credential, create_ek, quote
 from attest.tpm.session import DEFAULT_TCTI
@@ -75,7 +75,7 @@ BACKOFF_JITTER = 0.2
 # work takes well under a second; only a network call can hold it longer, and an abandoned
 # challenge costs the verifier nothing (nonces expire).
 SHUTDOWN_GRACE = 5.0
-_EXPECTED_ERRORS = (VerifierError, TpmError, LogError, UsageError)
+_EXPECTED_ERRORS = (VerifierError, TpmError, LogError)
 
 
 @dataclass(frozen=True)
@@ -316,16 +316,17 @@ class Agent:
     def attest(self) -> VerdictOut:
         """Enroll if needed, then one round; enroll again (once) if the verifier has forgotten us."""
         try:
-            return self._round(self.ensure_enrolled())
-        except NotEnrolled as e:
-            self.log.warning(
-                "enroll.lost",
-                message="the verifier has no AK bound to this node (was its database reset?): "
-                "enrolling again",
-                detail=e.reason,
-            )
-            Enrollment.forget(self.config.state_dir)
-            return self._round(self.ensure_enrolled())
+            try:
+                return self._round(self.ensure_enrolled())
+            except NotEnrolled as e:
+                self.log.warning(
+                    "enroll.lost",
+                    message="the verifier has no AK bound to this node (was its database reset?): "
+                    "enrolling again",
+                    detail=e.reason,
+                )
+                Enrollment.forget(self.config.state_dir)
+                return self._round(self.ensure_enrolled())
         except TpmError:
             self._ak = None
             raise
@@ -462,8 +463,12 @@ def run_daemon(config: AgentConfig, log: EventLog, *, grace: float = SHUTDOWN_GR
             while worker.is_alive() and not signalled:
                 worker.join(0.2)
             stop.set()
-            if signalled:
-                log.info("agent.stopping", signal=signal.Signals(signalled[0]).name)
+            if not signalled:
+                # The loop catches every Exception: only a BaseException ends it, and a daemon
+                # that stopped attesting must not look like a clean shutdown.
+                log.error("agent.died", message="the attestation loop ended without a signal")
+                return 1
+            log.info("agent.stopping", signal=signal.Signals(signalled[0]).name)
             worker.join(grace)
             if worker.is_alive():
                 log.warning("agent.abandoned_round", message=f"a round was still running after {grace:g} s")
