@@ -227,6 +227,21 @@ def test_enrolls_once_and_reuses_the_ak_across_restarts(node: Node, ca_cert: Pat
     assert restarted.attest().trusted
     assert len(verifier.requests("enroll")) == 1
     assert not _events(out, "enroll.start")
+    assert _loaded_handles(node.tpm.tcti) == []
+
+
+def _loaded_handles(tcti: str) -> list[int]:
+    """Transient objects and sessions left in the TPM (swtpm has no resource manager to flush them)."""
+    from tpm2_pytss import TPM2_CAP, TPM2_HT
+
+    from attest.tpm import Tpm
+
+    out: list[int] = []
+    with Tpm(tcti) as tpm:
+        for ht in (TPM2_HT.TRANSIENT, TPM2_HT.LOADED_SESSION, TPM2_HT.SAVED_SESSION):
+            _, data = tpm.esapi.get_capability(TPM2_CAP.HANDLES, ht << 24, 64)
+            out += [int(h) for h in data.data.handles]
+    return out
 
 
 def test_ima_goes_incrementally_and_whole_after_a_reboot(node: Node, ca_cert: Path, tmp_path: Path) -> None:
@@ -310,6 +325,7 @@ def test_a_cleared_tpm_gets_a_new_ak_and_enrolls_again(node: Node, ca_cert: Path
     (replaced,) = _events(out, "ak.replaced")
     assert replaced["level"] == "error"
     assert "cleared" in replaced["message"]
+    assert _loaded_handles(node.tpm.tcti) == []
 
 
 def test_an_altered_kernel_is_untrusted_with_its_reasons(swtpm: Any, ca_cert: Path, tmp_path: Path) -> None:
