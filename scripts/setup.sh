@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config gcc python3-venv python3-dev openssl)
+# postgresql: the store's tests start a private server of their own (tests/pg.py).
+APT_PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config gcc python3-venv python3-dev openssl postgresql)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     # swtpm.imalog imports the verifier's IMA encoder: only the fixture that needs it pays for it.
     from swtpm.imalog import ImaLog
 
+# Database fixtures (PostgreSQL server, stores over SQLite and PostgreSQL): tests/pg.py.
+pytest_plugins = ["tests.pg"]
+
 SWTPM_FIXTURES = frozenset({"swtpm", "swtpm_ca", "swtpm_template", "swtpm_factory", "swtpm_booted"})
 _BINARIES = ("swtpm", "swtpm_setup", "swtpm_localca")
 

@@ -87,6 +87,7 @@ class NodeRecord:
     clock: dict[str, Any] | None = None  # last accepted TPMS_CLOCK_INFO + firmwareVersion
     ima_state: dict[str, Any] | None = None  # attest.verify.ima.ReplayState.to_json()
     last_verdict: VerdictRecord | None = None
+    revoke_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,34 +128,72 @@ class Health:
 
 
 class Store(Protocol):
-    """The verifier's persistence. Implementations: attest.store.sql.SqlStore (SQLite, PostgreSQL)."""
+    """The verifier's persistence. Implementations: attest.store.sql.SqlStore (SQLite, PostgreSQL).
+
+    Any method may raise StoreUnavailable. "Audited" methods append their audit record(s) in
+    the transaction of the change.
+    """
 
     def close(self) -> None: ...
-    def health(self) -> Health: ...
+    def health(self) -> Health:
+        """A cheap round trip; never raises: ok=False with the cause when the database is down."""
+        ...
 
     # Endorsement keys vouched for by an operator or a manufacturer chain.
     def add_ek(
         self, node: str, fingerprint: str, public_pem: str, certificate: bytes | None, source: str
-    ) -> EkRecord: ...
+    ) -> EkRecord:
+        """Audited. The same active EK for the same node again returns the stored record
+        unchanged; an active EK recorded for another node raises Conflict(EK_NODE_CONFLICT)."""
+        ...
+
     def find_ek(self, fingerprint: str) -> EkRecord | None: ...  # active (not revoked) only
     def list_eks(self) -> list[EkRecord]: ...
-    def revoke_ek(self, ek_id: int) -> EkRecord: ...
+    def revoke_ek(self, ek_id: int) -> EkRecord:
+        """Audited. Also revokes every node bound to that EK: trust in the AK came from it.
+        Revoking a revoked EK returns it unchanged. NotFound for an unknown id."""
+        ...
 
     # Enrollment: a pending credential challenge, completed once.
-    def create_enrollment(self, enrollment: Enrollment) -> None: ...
+    def create_enrollment(self, enrollment: Enrollment) -> None:
+        """Conflict if the id exists. Nothing is audited until the challenge is answered."""
+        ...
+
     def complete_enrollment(self, enrollment_id: str, secret: bytes, now: dt.datetime) -> NodeRecord:
         """Atomically: the enrollment exists, is unexpired and unused, the secret's hash matches
         (constant time); then bind the AK to the node and consume the enrollment. A node already
-        bound to a different EK raises Conflict (a new TPM never silently takes over)."""
+        bound to a different EK raises Conflict (a new TPM never silently takes over).
+
+        Refusals, by code: NotFound(ENROLLMENT_UNKNOWN); Conflict(ENROLLMENT_USED),
+        Conflict(ENROLLMENT_EXPIRED) (these two change nothing); then, once the challenge is
+        consumed (single use: a refused answer cannot be retried either, and is audited):
+        Conflict(CREDENTIAL_INVALID) for a wrong secret, Conflict(EK_NODE_CONFLICT) when the
+        node is actively bound to another EK or the EK to another node, Conflict(EK_NOT_ENROLLED)
+        when an operator revoked the EK since the challenge was issued.
+
+        Binding replaces any earlier binding of the node with the same EK (new AK after a TPM
+        clear or lost agent state) or of a revoked node (the operator released it), and clears
+        the carried clock, IMA state and latest verdict: the new AK must earn a verdict.
+        Audited (kind "enroll", data.outcome says which)."""
         ...
 
     def get_node(self, name: str) -> NodeRecord | None: ...
     def list_nodes(self) -> list[NodeRecord]: ...
-    def revoke_node(self, name: str, reason: str) -> NodeRecord: ...
+    def revoke_node(self, name: str, reason: str) -> NodeRecord:
+        """Audited. NotFound for an unknown node; a revoked node is returned unchanged."""
+        ...
 
     # Nonces: single use, short lived, issued to one node; consumed atomically even across replicas.
-    def issue_nonce(self, record: NonceRecord) -> None: ...
-    def consume_nonce(self, node: str, nonce: bytes, now: dt.datetime) -> NonceRecord: ...
+    def issue_nonce(self, record: NonceRecord) -> None:
+        """Conflict if the same nonce was issued before. Expired nonces are purged here, a bounded
+        batch at a time."""
+        ...
+
+    def consume_nonce(self, node: str, nonce: bytes, now: dt.datetime) -> NonceRecord:
+        """Exactly one caller wins, even across replicas. NonceRejected with NONCE_UNKNOWN,
+        NONCE_WRONG_NODE (issued to another node: left unconsumed for it), NONCE_REUSED or
+        NONCE_EXPIRED, checked in that order; a refusal changes nothing."""
+        ...
 
     def record_verdict(
         self,
@@ -163,11 +202,19 @@ class Store(Protocol):
         ima_state: dict[str, Any] | None,
     ) -> None:
         """Store the verdict as the node's latest, update the carried appraisal state (only
-        when given), and append the audit record: one transaction."""
+        when given), and append the audit record: one transaction. NotFound for a node that is
+        not enrolled, Conflict(NODE_REVOKED) for a revoked one (it was revoked mid-appraisal)."""
         ...
 
-    def put_policy(self, name: str, text: str) -> PolicyRecord: ...  # a new version
+    def put_policy(self, name: str, text: str) -> PolicyRecord:
+        """A new version, audited; the same text as the latest version returns that version."""
+        ...
+
     def get_policy(self, name: str, version: int | None = None) -> PolicyRecord | None: ...
     def list_policies(self) -> list[PolicyRecord]: ...  # latest version of each
+
+    def append_audit(self, kind: str, subject: str, data: dict[str, Any]) -> AuditRecord:
+        """An audit record for an event that changes nothing else (evidence refused, say)."""
+        ...
 
     def audit_records(self, after_seq: int = 0, limit: int = 10_000) -> list[AuditRecord]: ...
