@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -19,6 +20,11 @@ Handler = Callable[[argparse.Namespace], int]
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
+class CommandError(Exception):
+    """A failure that is fully explained by its message (the verifier refused, was unreachable):
+    printed as one line, exit code 2."""
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports usage errors as one line and exit code 2, like every other error."""
 
@@ -26,9 +32,73 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+CONNECTION_HELP = """\
+These options may come before the command or after it; each falls back to its environment
+variable. Every request is HTTPS, verified against --ca-cert alone (never the system roots,
+never disabled), and carries the admin token as a bearer token."""
+
+
+def add_connection_options(parser: argparse.ArgumentParser, *, top_level: bool = False) -> None:
+    """--verifier/--ca-cert/--token-file/--timeout, for the commands that talk to the verifier.
+
+    On subcommands they default to SUPPRESS so that a value given before the command (on the
+    top-level parser) is not overwritten by the subcommand's own default."""
+    default: Any = None if top_level else argparse.SUPPRESS
+    group = parser.add_argument_group("verifier connection", CONNECTION_HELP)
+    group.add_argument(
+        "--verifier", metavar="URL", default=default, help="https://HOST[:PORT] (env ATTEST_VERIFIER)"
+    )
+    group.add_argument(
+        "--ca-cert",
+        metavar="FILE",
+        default=default,
+        help="PEM CA that issued the verifier's certificate, e.g. DIR/ca.crt of `certs init` "
+        "(env ATTEST_CA_CERT)",
+    )
+    group.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=default,
+        help="file holding the admin bearer token, e.g. DIR/admin.token (env ATTEST_TOKEN_FILE)",
+    )
+    group.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        default=default,
+        help="per-request timeout (default 30)",
+    )
+
+
 def print_json(doc: Any) -> None:
     json.dump(doc, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Left-aligned columns two spaces apart; the last column is not padded, so long reasons
+    do not leave trailing blanks."""
+    widths = [max(len(r[i]) for r in (headers, *rows)) for i in range(len(headers))]
+    for row in (headers, *rows):
+        cells = [f"{cell:<{w}}" for cell, w in zip(row[:-1], widths, strict=False)]
+        print("  ".join([*cells, row[-1]]).rstrip())
+
+
+def _span(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def describe_time(at: dt.datetime | None, now: dt.datetime | None = None) -> str:
+    """'3m ago (2024-05-01 12:00:00Z)' or 'in 57s (...)': relative for a quick read, absolute UTC
+    so that it can be matched against logs without knowing the reader's time zone."""
+    if at is None:
+        return "-"
+    seconds = int((at - (now or dt.datetime.now(dt.UTC))).total_seconds())
+    relative = "now" if not seconds else f"in {_span(seconds)}" if seconds > 0 else f"{_span(-seconds)} ago"
+    return f"{relative} ({at.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}Z)"
 
 
 def read_file(path: str, limit: int = 256 * 1024 * 1024) -> bytes:
@@ -56,7 +126,7 @@ def run(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
         return EXIT_USAGE
     try:
         return handler(args)
-    except (UsageError, TpmError) as e:
+    except (UsageError, TpmError, CommandError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
     except AttestError as e:
         print(f"{prog}: error: {e.message} [{e.code.value}]", file=sys.stderr)

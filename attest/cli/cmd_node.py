@@ -1,0 +1,181 @@
+"""attestctl node and attestctl revoke: enrolled nodes and their verdicts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from attest.cli._common import (
+    EXIT_OK,
+    EXIT_UNTRUSTED,
+    EXIT_USAGE,
+    SubParsers,
+    add_connection_options,
+    describe_time,
+    print_json,
+    print_table,
+)
+
+if TYPE_CHECKING:
+    from attest.wire import NodeOut, ReasonOut
+
+DESCRIPTION = """\
+Nodes the verifier has enrolled, and the verdict of each one's latest appraisal.
+
+States: trusted (the latest evidence passed and has not expired), untrusted (it failed:
+see the reasons), stale (the trusted verdict expired: the agent stopped attesting),
+enrolled (no verdict yet), revoked (an operator revoked it; it must enroll again).
+"""
+
+LIST_DESCRIPTION = """\
+One line per node: NAME, STATE, LAST VERDICT and EXPIRES (relative, and absolute in UTC),
+and REASONS: the first failed check's code and how many more there are. `node show NAME`
+lists every reason. Reason codes: docs/reason-codes.md.
+"""
+
+SHOW_DESCRIPTION = """\
+Everything the verifier holds about one node: state, EK fingerprint, AK name, the policy it
+was appraised against, when, until when, and every failed check with its message and, where
+it applies, the policy rule, PCR and event-log or IMA entry that broke it.
+
+Exit status: 0 the node is trusted, 1 it is not (any other state), 2 no such node or error.
+"""
+
+REVOKE_DESCRIPTION = """\
+Revoke node NAME now: its verdict stops counting, admission refuses it, and its agent must
+enroll again (with an EK the verifier still accepts). Asks no question; prints the node as
+the verifier now holds it.
+"""
+
+
+def register(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "node",
+        help="list nodes and show their verdicts (verifier)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(handler=lambda _args: _usage(p))
+    commands = p.add_subparsers(title="node commands", metavar="COMMAND")
+
+    ls = commands.add_parser(
+        "list",
+        help="a table of nodes: state, last verdict, expiry, reasons",
+        description=LIST_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ls.add_argument("--json", action="store_true", help="print the nodes (NodeOut) as JSON")
+    add_connection_options(ls)
+    ls.set_defaults(handler=run_list)
+
+    show = commands.add_parser(
+        "show",
+        help="one node's full verdict, every failed check",
+        description=SHOW_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    show.add_argument("name", metavar="NAME", help="the node's name")
+    show.add_argument("--json", action="store_true", help="print the node (NodeOut) as JSON")
+    add_connection_options(show)
+    show.set_defaults(handler=run_show)
+
+    for parent, help_text in ((commands, "revoke a node"), (sub, "revoke a node (same as `node revoke`)")):
+        r = parent.add_parser(
+            "revoke",
+            help=help_text,
+            description=REVOKE_DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        r.add_argument("name", metavar="NAME", help="the node's name")
+        r.add_argument("--json", action="store_true", help="print the node (NodeOut) as JSON")
+        add_connection_options(r)
+        r.set_defaults(handler=run_revoke)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def _reasons_cell(reasons: list[ReasonOut]) -> str:
+    if not reasons:
+        return "-"
+    more = f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""
+    return reasons[0].code + more
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from attest.cli.admin_client import open_client
+
+    with open_client(args) as client:
+        nodes = client.list_nodes()
+    if args.json:
+        print_json([n.model_dump(mode="json") for n in nodes])
+        return EXIT_OK
+    if not nodes:
+        print("no nodes enrolled")
+        return EXIT_OK
+    rows = [
+        [
+            n.name,
+            n.state,
+            describe_time(n.last_verdict_at),
+            describe_time(n.expires_at),
+            _reasons_cell(n.reasons),
+        ]
+        for n in sorted(nodes, key=lambda n: n.name)
+    ]
+    print_table(["NAME", "STATE", "LAST VERDICT", "EXPIRES", "REASONS"], rows)
+    return EXIT_OK
+
+
+def _print_node(node: NodeOut) -> None:
+    fields = [
+        ("node", node.name),
+        ("state", node.state),
+        ("EK", f"sha256:{node.ek_fingerprint}" if node.ek_fingerprint else "-"),
+        ("AK name", node.ak_name or "-"),
+        ("policy", node.policy or "-"),
+        ("last verdict", describe_time(node.last_verdict_at)),
+        ("expires", describe_time(node.expires_at)),
+    ]
+    width = max(len(k) for k, _ in fields)
+    for key, value in fields:
+        print(f"{key:<{width}}  {value}")
+    if not node.reasons:
+        return
+    print(f"reasons ({len(node.reasons)}):")
+    for reason in node.reasons:
+        print(f"  {reason.code}: {reason.message}")
+        where = [
+            f"{label} {value}"
+            for label, value in (("rule", reason.rule), ("pcr", reason.pcr), ("event", reason.event))
+            if value is not None
+        ]
+        if where:
+            print(f"    at {', '.join(where)}")
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from attest.cli.admin_client import open_client
+
+    with open_client(args) as client:
+        node = client.get_node(args.name)
+    if args.json:
+        print_json(node.model_dump(mode="json"))
+    else:
+        _print_node(node)
+    return EXIT_OK if node.state == "trusted" else EXIT_UNTRUSTED
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    from attest.cli.admin_client import open_client
+
+    with open_client(args) as client:
+        node = client.revoke_node(args.name)
+    if args.json:
+        print_json(node.model_dump(mode="json"))
+    else:
+        print(f"revoked node {node.name}: state {node.state}")
+    return EXIT_OK
