@@ -1,0 +1,4 @@
+"""Kubernetes manifests and their lint (`python -m deploy.lint`).
+
+Repository tooling: not shipped in the wheel.
+"""
