@@ -3,8 +3,9 @@ evidence, verdicts) and the admin API that attestctl uses.
 
 Binary TPM structures travel as base64 of their TPM marshalling, exactly the bytes tpm2-tools
 writes to files, so any message can be replayed through `attestctl verify`. Every field has a
-size bound, checked while parsing, before anything else looks at it. Unknown fields are
-refused: a typo in a client is an error, not an ignored option.
+size bound, checked while parsing, before anything else looks at it. Requests refuse
+unknown fields (a typo in a client is an error); responses ignore them (old clients keep
+working against newer servers).
 
 Version: the URL prefix (/v1). Add optional fields; never change the meaning of one.
 """
@@ -87,14 +88,23 @@ PcrSelectionText = Annotated[
 ]
 
 
-class Model(BaseModel):
+class Request(BaseModel):
+    """What a client sends: an unknown field is refused, so a typo is an error, not a no-op."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Response(BaseModel):
+    """What a server answers: unknown fields are ignored, so an older client keeps working
+    against a newer verifier that added optional fields."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 # --- agent API -------------------------------------------------------------------------------
 
 
-class EnrollRequest(Model):
+class EnrollRequest(Request):
     """POST /v1/enroll: a node presents its TPM's EK and a fresh AK."""
 
     node: NodeName
@@ -103,7 +113,7 @@ class EnrollRequest(Model):
     ak_public: TpmStruct  # TPM2B_PUBLIC
 
 
-class EnrollChallenge(Model):
+class EnrollChallenge(Response):
     """The credential only the TPM holding that EK, with that AK loaded, can open."""
 
     enrollment_id: Annotated[str, Field(max_length=64)]
@@ -112,19 +122,19 @@ class EnrollChallenge(Model):
     expires_at: dt.datetime
 
 
-class ActivateRequest(Model):
+class ActivateRequest(Request):
     """POST /v1/enroll/{enrollment_id}/activate: the secret ActivateCredential returned."""
 
     secret: Nonce
 
 
-class EnrollResult(Model):
+class EnrollResult(Response):
     node: NodeName
     ak_name: Hex
     enrolled_at: dt.datetime
 
 
-class Challenge(Model):
+class Challenge(Response):
     """POST /v1/nodes/{node}/challenge: a single-use nonce for this node."""
 
     nonce: Nonce
@@ -133,7 +143,7 @@ class Challenge(Model):
     ima_offset: Annotated[int, Field(ge=0)] = 0  # send IMA entries from this index on
 
 
-class Evidence(Model):
+class Evidence(Request):
     """POST /v1/nodes/{node}/evidence: the answer to one challenge."""
 
     nonce: Nonce
@@ -146,7 +156,7 @@ class Evidence(Model):
     container_log: ContainerLogBytes | None = None
 
 
-class ReasonOut(Model):
+class ReasonOut(Response):
     code: str
     message: str
     rule: str | None = None
@@ -154,7 +164,7 @@ class ReasonOut(Model):
     event: int | None = None
 
 
-class VerdictOut(Model):
+class VerdictOut(Response):
     node: NodeName
     trusted: bool
     reasons: list[ReasonOut]
@@ -165,7 +175,7 @@ class VerdictOut(Model):
     ima_offset: int = 0  # entries accepted so far: the next challenge starts here
 
 
-class ErrorOut(Model):
+class ErrorOut(Response):
     """Every 4xx/5xx body: a stable code and a sentence."""
 
     code: str
@@ -177,7 +187,7 @@ class ErrorOut(Model):
 # --- admin API (attestctl) -----------------------------------------------------------------
 
 
-class EkEnrollRequest(Model):
+class EkEnrollRequest(Request):
     """POST /v1/admin/eks: an operator vouches for an EK (certificate or public key) for a node."""
 
     node: NodeName
@@ -185,7 +195,7 @@ class EkEnrollRequest(Model):
     ek_public_pem: Annotated[str, Field(max_length=8192)] | None = None
 
 
-class EkOut(Model):
+class EkOut(Response):
     id: int
     node: NodeName
     fingerprint: Hex  # SHA-256 of the EK's SubjectPublicKeyInfo
@@ -194,7 +204,7 @@ class EkOut(Model):
     revoked_at: dt.datetime | None = None
 
 
-class NodeOut(Model):
+class NodeOut(Response):
     name: NodeName
     state: str  # "trusted", "untrusted", "stale", "enrolled", "revoked"
     ek_fingerprint: Hex | None = None
@@ -205,13 +215,13 @@ class NodeOut(Model):
     policy: str | None = None
 
 
-class PolicyIn(Model):
+class PolicyIn(Request):
     """POST /v1/admin/policies: a new version of the named policy (YAML text as written)."""
 
     text: Annotated[str, Field(max_length=16 * 1024 * 1024)]
 
 
-class PolicyOut(Model):
+class PolicyOut(Response):
     name: str
     version: int
     digest: Hex
@@ -219,7 +229,7 @@ class PolicyOut(Model):
     text: str | None = None
 
 
-class AuditRecordOut(Model):
+class AuditRecordOut(Response):
     seq: int
     at: dt.datetime
     kind: str  # "enroll", "verdict", "policy", "revoke", "ek"
