@@ -547,7 +547,8 @@ def _rule_ops(rule: Obj) -> set[Op]:
     wanted = PODS_OPS | NODES_OPS | CSRS_OPS
     out = set()
     for group, resource, operation in wanted:
-        if group not in rule.get("apiGroups", []) and "*" not in rule.get("apiGroups", []):
+        groups = _list(rule.get("apiGroups"))
+        if group not in groups and "*" not in groups:
             continue
         if operation not in ops and "*" not in ops:
             continue
@@ -823,7 +824,8 @@ def check_verifier(d: Doc) -> Iterator[Violation]:
             yield _v(d, "DEP001", f"{f}.{probe}", f"must be httpGet {path} with scheme HTTPS")
     database = _verifier_database(container)
     sqlite = database is not None and database.startswith("sqlite")
-    replicas = d.obj["spec"].get("replicas", 1)
+    replicas = _get(d.obj, "spec", "replicas")
+    replicas = 1 if replicas is None else replicas
     if sqlite and replicas != 1:
         yield _v(d, "DEP002", "spec.replicas", f"is {replicas} on SQLite: SQLite is single-replica only")
     elif not sqlite and (not isinstance(replicas, int) or replicas < 2):
@@ -833,7 +835,7 @@ def check_verifier(d: Doc) -> Iterator[Violation]:
             "spec.replicas",
             f"is {replicas}: run 2 or more on PostgreSQL (one down stops pod placement)",
         )
-    strategy = _dict(d.obj["spec"].get("strategy"))
+    strategy = _dict(_get(d.obj, "spec", "strategy"))
     if sqlite and strategy.get("type") != "Recreate":
         yield _v(
             d,
@@ -883,12 +885,14 @@ def check_agent(d: Doc) -> Iterator[Violation]:
 
 
 def check_policy(d: Doc) -> Iterator[Violation]:
-    if d.obj["spec"].get("failurePolicy", "Fail") != "Fail":
-        yield _v(d, "VAP001", "spec.failurePolicy", f"is {d.obj['spec']['failurePolicy']!r}: must be Fail")
+    # Explicit, as on the webhooks: the default is Fail today, the manifest should say so anyway.
+    policy = _get(d.obj, "spec", "failurePolicy")
+    if policy != "Fail":
+        yield _v(d, "VAP001", "spec.failurePolicy", f"is {policy!r}: must be Fail")
 
 
 def check_policy_binding(d: Doc) -> Iterator[Violation]:
-    actions = _list(d.obj["spec"].get("validationActions"))
+    actions = _list(_get(d.obj, "spec", "validationActions"))
     if "Deny" not in actions:
         yield _v(
             d, "VAP002", "spec.validationActions", f"{actions!r} must include Deny: a warning admits the node"
