@@ -52,6 +52,7 @@ class Reason(enum.StrEnum):
     IMA_SIGNATURE_INVALID = "ima_signature_invalid"
 
     # Container launch log (PCR 23)
+    CONTAINERLOG_MISSING = "containerlog_missing"
     CONTAINERLOG_MALFORMED = "containerlog_malformed"
     CONTAINERLOG_REPLAY_MISMATCH = "containerlog_replay_mismatch"
 

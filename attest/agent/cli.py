@@ -72,6 +72,29 @@ or offline with this project's verifier:
 """
 
 
+MEASURE_DESCRIPTION = """\
+Measure a container that is starting: an OCI runtime hook. Reads the container's OCI state
+(JSON, as runtimes pass it to hooks) from stdin, takes the pod, container and image from the
+annotations CRI-O or containerd put there, appends one record to the container log and extends
+PCR 23 with it, under a lock shared by every concurrent hook. The verifier replays the log
+against the quoted PCR 23 and judges every image by its policy.
+"""
+
+MEASURE_EPILOG = """\
+Run it at the createRuntime stage: on the host, before the container's process starts. A
+hook that fails stops the container from starting, which is intended: a container that could
+not be measured does not run. Exit codes: 0 measured; 2 bad input, or the log or the TPM
+failed (a one-line error on stderr).
+
+CRI-O, /etc/containers/oci/hooks.d/attest.json (containerd: the same file through the NRI
+hook-injector plugin; docs/containers.md):
+  {"version": "1.0.0",
+   "hook": {"path": "/usr/local/bin/attest-agent",
+            "args": ["attest-agent", "measure-container"], "timeout": 30},
+   "when": {"always": true}, "stages": ["createRuntime"]}
+"""
+
+
 def _selection(text: str) -> PcrSelection:
     try:
         return PcrSelection.parse(text)
@@ -149,6 +172,32 @@ def cmd_quote(args: argparse.Namespace) -> int:
         q = quote(tpm, ak, args.nonce, args.pcrs)
     for path in write_quote_artifacts(q, ak.public, args.out):
         print(path)
+    return EXIT_OK
+
+
+def cmd_measure_container(args: argparse.Namespace) -> int:
+    from attest.agent.measure import (
+        MAX_STATE,
+        ContainerLogError,
+        OciStateError,
+        measure_container,
+        parse_oci_state,
+    )
+
+    try:
+        if args.state_file == "-":
+            data = sys.stdin.buffer.read(MAX_STATE + 1)
+        else:
+            with open(args.state_file, "rb") as f:
+                data = f.read(MAX_STATE + 1)
+        if len(data) > MAX_STATE:
+            raise OciStateError(f"the OCI state is larger than {MAX_STATE} bytes")
+        record = parse_oci_state(data)
+        done = measure_container(record, args.container_log, args.tcti)
+    except (OciStateError, ContainerLogError) as e:
+        raise UsageError(str(e)) from None
+    for note in done.reconciliation.notes():
+        print(f"attest-agent: {note}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -373,6 +422,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_daemon_options(o)
     o.add_argument("--json", action="store_true", help="print the verdict as JSON on stdout")
     o.set_defaults(handler=cmd_once)
+
+    from attest.agent.measure import DEFAULT_CONTAINER_LOG
+
+    m = sub.add_parser(
+        "measure-container",
+        help="OCI hook: record a starting container in the container log and PCR 23",
+        description=MEASURE_DESCRIPTION,
+        epilog=MEASURE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    m.add_argument(
+        "--tcti",
+        default=_env("--tcti", "device:/dev/tpmrm0"),
+        help="how to reach the TPM (default: %(default)s)",
+    )
+    m.add_argument(
+        "--container-log",
+        metavar="PATH",
+        type=Path,
+        default=_env("--container-log", str(DEFAULT_CONTAINER_LOG)),
+        help="the container log; keep it where a reboot empties it, as it empties PCR 23 "
+        "(default: %(default)s)",
+    )
+    m.add_argument(
+        "--state-file",
+        metavar="FILE",
+        default="-",
+        help="read the OCI state from FILE instead of stdin (-, the default, as hooks are run)",
+    )
+    m.set_defaults(handler=cmd_measure_container)
     return parser
 
 

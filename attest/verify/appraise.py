@@ -13,10 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from attest.containerlog import ContainerEntry
 from attest.errors import AttestError
 from attest.pcrselect import PcrSelection
 from attest.reasons import Finding, Reason
 from attest.verify import eventlog, ima, workarounds
+from attest.verify.containers import appraise_containers
 from attest.verify.imasig import KeyRing, verify_entry_signature
 from attest.verify.pcrs import PcrValues
 from attest.verify.policy import Policy, evaluate_boot, evaluate_ima
@@ -38,6 +40,7 @@ class Evidence:
     pcrs: PcrValues
     eventlog: bytes | None = None
     ima: bytes | None = None  # the whole list, or the entries after `Expectations.ima_state.offset`
+    container_log: bytes | None = None  # every record since boot (docs/containers.md)
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ class Expectations:
     previous_firmware: int | None = None
     ima_state: ima.ReplayState | None = None  # where the last accepted IMA replay stopped
     ima_keys: KeyRing | None = None  # keys ima-sig signatures must verify under, when set
+    # len(Verdict.containers) of an earlier round since the last reboot: fewer now means PCR 23
+    # was reset. Pass previous_clock along with it, or a reboot would look like a reset.
+    containers_accepted: int | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,8 @@ class Verdict:
     ima_state: ima.ReplayState | None = None  # resume point for the next round, when IMA was judged
     ima_entries: int = 0  # entries proven by this quote and judged
     ima_pending: int = 0  # entries logged after the quote, left for the next round
+    containers: tuple[ContainerEntry, ...] = ()  # container launches proven by the quote: what ran
+    containers_pending: int = 0  # launches logged after the quote, left for the next round
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +92,8 @@ class Verdict:
                 "safe": self.clock.safe,
             },
             "ima": {"entries": self.ima_entries, "pending": self.ima_pending},
+            "containers": [e.to_json() for e in self.containers],
+            "containers_pending": self.containers_pending,
         }
 
 
@@ -153,6 +163,10 @@ def _appraise(evidence: Evidence, expect: Expectations) -> Verdict:
             findings += evaluate_boot(policy, log, quoted[bank], replayed.get(bank, frozenset()))
         findings += evaluate_ima(policy, ima_entries)
 
+    previous = None if reboot else expect.containers_accepted
+    containers = appraise_containers(evidence.container_log, quoted, policy, previous=previous)
+    findings += containers.findings
+
     return Verdict(
         trusted=not findings,
         findings=tuple(findings),
@@ -164,6 +178,8 @@ def _appraise(evidence: Evidence, expect: Expectations) -> Verdict:
         ima_state=ima_state,
         ima_entries=len(ima_entries),
         ima_pending=pending,
+        containers=containers.accepted,
+        containers_pending=containers.pending,
     )
 
 

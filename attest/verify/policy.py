@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from attest.containerlog import CONTAINER_PCR, ContainerEntry
 from attest.errors import ParseError
 from attest.reasons import Finding, Reason
 from attest.tcg import EventType, hash_alg
@@ -610,6 +611,35 @@ def image_allowed(policy: Policy, image: str, digest: str | None) -> bool:
         elif fnmatch.fnmatchcase(repo_no_tag, entry):
             return True
     return False
+
+
+CONTAINERS_RULE = "containers/images"
+
+
+def evaluate_containers(policy: Policy, entries: Iterable[ContainerEntry]) -> list[Finding]:
+    """Judge container log records that the quote covers (the caller cut the log at the quoted
+    PCR 23). A record without an image digest fails whatever the rules say: the runtime did not
+    say what content ran, and a tag or a repository alone names whatever a registry serves."""
+    if policy.containers is None:
+        return []
+    findings = []
+    rule = _rule(policy, CONTAINERS_RULE)
+    for entry in entries:
+        r = entry.record
+        if not r.image_digest:
+            why = f"has no image digest ({r.runtime} did not report one), which {rule} requires"
+        elif not image_allowed(policy, r.image, r.image_digest):
+            why = f"({r.image_digest[:19]}..) is not allowed by {rule}"
+        else:
+            continue
+        message = (
+            f"container log entry {entry.index}: {r.namespace}/{r.pod} container {r.container!r} "
+            f"image {r.image!r} {why}"
+        )
+        findings.append(
+            Finding(Reason.POLICY_IMAGE_NOT_ALLOWED, message, CONTAINERS_RULE, CONTAINER_PCR, entry.index)
+        )
+    return findings
 
 
 # --- generation ----------------------------------------------------------------------------
