@@ -307,8 +307,10 @@ def test_describe_time() -> None:
 def test_node_list_is_an_aligned_table(
     serve: Callable[[Handler], list[httpx.Request]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    recent = (NOW - dt.timedelta(minutes=3, seconds=5)).isoformat()
-    later = (NOW + dt.timedelta(minutes=10, seconds=30)).isoformat()
+    # Relative to the moment the test runs, not the module's import: under load the two differ.
+    now = dt.datetime.now(dt.UTC)
+    recent = (now - dt.timedelta(minutes=3, seconds=5)).isoformat()
+    later = (now + dt.timedelta(minutes=10, seconds=30)).isoformat()
     nodes = [
         _node("worker-2", "untrusted", reasons=3, last_verdict_at=recent),
         _node("w1", "trusted", last_verdict_at=recent, expires_at=later),
