@@ -299,6 +299,49 @@ def test_once_exits_2_when_the_verifier_is_unreachable_or_untrusted(
     assert "Traceback" not in result.stderr
 
 
+def test_a_tpm_without_ek_certificate_enrolls_once_an_operator_vouches_for_its_ek(
+    verifier: Verifier, swtpm: Any, tmp_path: Path
+) -> None:
+    from tpm2_pytss import ESYS_TR
+
+    from attest.tpm import Tpm
+    from attest.tpm.ek import EK_CERT_INDICES
+
+    with Tpm(swtpm.tcti) as tpm:  # as many firmware TPMs ship: no certificate in NV
+        handle = tpm.esapi.tr_from_tpmpublic(EK_CERT_INDICES["EK-RSA2048"])
+        tpm.esapi.nv_undefine_space(handle, auth_handle=ESYS_TR.RH_PLATFORM)
+    node = _node("node-1", swtpm, tmp_path)
+    verifier.apply_policy(node.policy())
+    argv = [*AGENT, "once", *node.args(verifier, "--ek-kind", "EK-RSA2048")]
+
+    refused = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2
+    assert "[ek_not_enrolled, HTTP 403]" in refused.stderr
+    ek_pem = node.state / "ek.pem"
+    assert f"attestctl ek enroll --node node-1 --ek-pub {ek_pem}" in refused.stderr
+
+    env = {
+        **os.environ,
+        "ATTEST_VERIFIER": verifier.url,
+        "ATTEST_CA_CERT": str(verifier.pki.ca_cert),
+        "ATTEST_TOKEN_FILE": str(verifier.token_file),
+    }
+    attestctl = [sys.executable, "-c", "from attest.cli.main import main; raise SystemExit(main())"]
+    vouched = subprocess.run(
+        [*attestctl, "ek", "enroll", "--node", "node-1", "--ek-pub", str(ek_pem)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert vouched.returncode == 0, vouched.stderr
+
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '"ek_certificate": false' in result.stderr or "ek_certificate=false" in result.stderr
+
+
 class AgentProcess:
     """`attest-agent run` with JSON logs collected from stderr."""
 

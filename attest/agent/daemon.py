@@ -58,9 +58,11 @@ from attest.agent.state import (
     load_boot_id,
     load_usable_ak,
     save_boot_id,
+    save_ek_public,
 )
 from attest.errors import TpmError
 from attest.pcrselect import PcrSelection
+from attest.reasons import Reason
 from attest.tpm import AttestationKey, Tpm, activate_credential, create_ek, quote
 from attest.tpm.session import DEFAULT_TCTI
 from attest.verify.quote import ak_name
@@ -272,8 +274,8 @@ class Agent:
         name; only this TPM, holding both, can recover it."""
         node = self.config.node
         with self._tpm() as tpm, create_ek(tpm, self.config.ek_kind) as ek:
-            kind, ek_public, cert = ek.kind, ek.public, ek.certificate
-            fingerprint = ek_fingerprint(ek.public_pem)
+            kind, ek_public, ek_pem, cert = ek.kind, ek.public, ek.public_pem, ek.certificate
+        fingerprint = ek_fingerprint(ek_pem)
         self.log.info(
             "enroll.start",
             node=node,
@@ -289,11 +291,12 @@ class Agent:
         try:
             challenge = self.client.enroll(request)
         except VerifierRejected as e:
-            if cert is None:
+            if cert is None and e.code == Reason.EK_NOT_ENROLLED:
+                path = save_ek_public(self.config.state_dir, ek_pem)
                 self.log.error(
                     "enroll.refused",
-                    message="this TPM has no EK certificate: an operator must enroll its EK "
-                    "(attestctl ek enroll --node NODE --fingerprint ...)",
+                    message="this TPM has no EK certificate, so an operator must vouch for its EK: "
+                    f"attestctl ek enroll --node {node} --ek-pub {path} (a copy of that file)",
                     ek_fingerprint=fingerprint,
                     code=e.code,
                 )

@@ -3,6 +3,8 @@
     ak.json          the AK blob (wrapped by the TPM's storage key: useless off this TPM)
     enrollment.json  which verifier bound that AK to which node, and when
     boot.json        the boot id of the last round the verifier appraised (reboot detection)
+    ek.pem           the EK public key, written when the verifier refused an EK that has no
+                     certificate: what an operator enrolls (attestctl ek enroll --ek-pub)
 
 Every file is written atomically and 0600: a torn file after a power cut must read as
 absent, never as half a key, and nothing here is for other users to read.
@@ -26,6 +28,7 @@ DEFAULT_STATE_DIR = Path("/var/lib/attest-agent")
 AK_FILE = "ak.json"
 ENROLLMENT_FILE = "enrollment.json"
 BOOT_FILE = "boot.json"
+EK_PUBLIC_FILE = "ek.pem"
 _VERSION = 1
 
 
@@ -69,14 +72,13 @@ def load_usable_ak(tpm: Tpm, state_dir: Path, alg: str = "ecc") -> AkStatus:
     return AkStatus(ak, created=True, replaced_because=problem)
 
 
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
+def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
     try:
         os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2, sort_keys=True)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -84,6 +86,10 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    _write(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -151,3 +157,9 @@ def save_boot_id(state_dir: Path, boot_id: str) -> None:
         state_dir / BOOT_FILE,
         {"version": _VERSION, "boot_id": boot_id, "updated_at": dt.datetime.now(dt.UTC).isoformat()},
     )
+
+
+def save_ek_public(state_dir: Path, pem: bytes) -> Path:
+    path = state_dir / EK_PUBLIC_FILE
+    _write(path, pem)
+    return path
