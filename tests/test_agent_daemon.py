@@ -145,6 +145,7 @@ def _agent(tmp_path: Path, stop: threading.Event, out: io.StringIO, **config: An
         ca_cert=pki.ca_cert,
         node="node-1",
         state_dir=tmp_path / "state",
+        container_log=tmp_path / "containers.log",
         **config,
     )
     client = VerifierClient(

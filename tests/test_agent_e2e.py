@@ -232,6 +232,8 @@ class Node:
             str(self.ima),
             "--boot-id-file",
             str(self.boot_id),
+            "--container-log",
+            str(self.dir / "containers.log"),
             *extra,
         ]
 

@@ -23,7 +23,9 @@ import pytest
 
 from attest.agent.client import VerifierClient
 from attest.agent.daemon import Agent, AgentConfig, make_event_log
+from attest.agent.measure import measure_container
 from attest.agent.state import AK_FILE, BOOT_FILE, ENROLLMENT_FILE, Enrollment
+from attest.containerlog import ContainerRecord
 from attest.pcrselect import PcrSelection
 from attest.verify import appraise, ima
 from attest.verify.credential import check_activation, make_credential
@@ -62,6 +64,7 @@ class VerifierDouble:
     pending: dict[str, tuple[str, bytes, bytes]] = field(default_factory=dict)  # id -> node, AK, secret
     nonces: dict[bytes, str] = field(default_factory=dict)
     seen: list[tuple[str, Any]] = field(default_factory=list)
+    verdicts: list[appraise.Verdict] = field(default_factory=list)
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         parts = request.url.path.removeprefix("/v1/").split("/")
@@ -112,6 +115,7 @@ class VerifierDouble:
                 ),
                 eventlog=evidence.eventlog,
                 ima=evidence.ima,
+                container_log=evidence.container_log,
             ),
             appraise.Expectations(
                 ak=load_ak(bound.ak_public),
@@ -122,6 +126,7 @@ class VerifierDouble:
                 ima_state=bound.ima_state if evidence.ima_offset else None,
             ),
         )
+        self.verdicts.append(verdict)
         bound.clock = verdict.clock or bound.clock
         bound.ima_state = verdict.ima_state or bound.ima_state
         return VerdictOut(
@@ -162,6 +167,10 @@ class Node:
     def boot_id(self) -> Path:
         return self.dir / "boot_id"
 
+    @property
+    def container_log(self) -> Path:
+        return self.dir / "containers.log"
+
     def boot(self, profile: BootProfile | None = None) -> None:
         simulated = boot(self.tpm, profile or BootProfile())
         self.eventlog.write_bytes(simulated.log)
@@ -197,6 +206,7 @@ def _agent(node: Node, verifier: VerifierDouble, ca_cert: Path, state: Path) -> 
         eventlog=node.eventlog,
         ima=node.ima,
         boot_id_file=node.boot_id,
+        container_log=node.container_log,
     )
     client = VerifierClient(config.verifier, ca_cert, transport=httpx.MockTransport(verifier.handler))
     out = io.StringIO()
@@ -351,3 +361,36 @@ def boot_log_of(profile: BootProfile) -> bytes:
     from swtpm.measuredboot import simulate_boot
 
     return simulate_boot(profile).log
+
+
+def _container(n: int) -> ContainerRecord:
+    return ContainerRecord(
+        time="2026-11-28T17:00:00Z",
+        container_id=f"{n:02x}" * 32,
+        pod="shop-7d9c4b6f5-x2x9q",
+        namespace="prod",
+        container=f"web{n}",
+        image="ghcr.io/acme/shop@sha256:" + "5b" * 32,
+        image_digest="sha256:" + "5b" * 32,
+        runtime="cri-o",
+    )
+
+
+def test_container_launches_go_with_the_evidence(node: Node, ca_cert: Path, tmp_path: Path) -> None:
+    verifier = VerifierDouble(selection="sha256:0-10,23")
+    measure_container(_container(1), node.container_log, node.tpm.tcti)
+    # A hook that crashed after appending its record, before extending PCR 23 with it:
+    with node.container_log.open("ab") as f:
+        f.write(_container(2).encode() + b"\n")
+    agent, out = _agent(node, verifier, ca_cert, tmp_path / "state")
+    verdict = agent.attest()
+    assert verdict.trusted, verdict.reasons
+    (repaired,) = _events(out, "container_log.repaired")
+    assert repaired["extended"] == 1
+    assert [c.record.container for c in verifier.verdicts[-1].containers] == ["web1", "web2"]
+    assert _events(out, "verdict")[-1]["containers_sent"] == 2
+
+    measure_container(_container(3), node.container_log, node.tpm.tcti)
+    assert agent.attest().trusted
+    assert len(verifier.verdicts[-1].containers) == 3
+    assert not _events(out, "container_log.unreconciled")

@@ -203,6 +203,7 @@ def cmd_measure_container(args: argparse.Namespace) -> int:
 
 def _add_daemon_options(p: argparse.ArgumentParser) -> None:
     from attest.agent.logs import DEFAULT_BOOT_ID, DEFAULT_EVENTLOG, DEFAULT_IMA
+    from attest.agent.measure import DEFAULT_CONTAINER_LOG
 
     verifier = _env("--verifier")
     ca_cert = _env("--ca-cert")
@@ -261,6 +262,13 @@ def _add_daemon_options(p: argparse.ArgumentParser) -> None:
         help="the IMA measurement list, binary or ASCII (default: %(default)s); absent: none is sent",
     )
     logs.add_argument(
+        "--container-log",
+        metavar="PATH",
+        type=Path,
+        default=_env("--container-log", str(DEFAULT_CONTAINER_LOG)),
+        help="the container launch log measure-container writes (default: %(default)s); absent: none is sent",
+    )
+    logs.add_argument(
         "--boot-id-file",
         metavar="PATH",
         type=Path,
@@ -307,6 +315,7 @@ def _config(args: argparse.Namespace) -> tuple[AgentConfig, EventLog]:
         eventlog=args.eventlog,
         ima=args.ima,
         boot_id_file=args.boot_id_file,
+        container_log=args.container_log,
         timeout=args.timeout,
         interval=getattr(args, "interval", DEFAULT_INTERVAL),
         max_backoff=getattr(args, "max_backoff", DEFAULT_MAX_BACKOFF),
@@ -334,6 +343,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     from attest.agent.client import VerifierError, VerifierRejected
     from attest.agent.daemon import attest_once, reasons_json
     from attest.agent.logs import LogError
+    from attest.agent.measure import ContainerLogError
 
     config, log = _config(args)
     try:
@@ -348,7 +358,7 @@ def cmd_once(args: argparse.Namespace) -> int:
         else:
             _print_untrusted(config.node, e.reasons)
         return EXIT_UNTRUSTED
-    except (VerifierError, LogError) as e:
+    except (VerifierError, LogError, ContainerLogError) as e:
         print(f"attest-agent: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     if args.json:

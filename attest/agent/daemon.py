@@ -52,6 +52,13 @@ from attest.agent.logs import (
     read_boot_id,
     read_eventlog,
 )
+from attest.agent.measure import (
+    DEFAULT_CONTAINER_LOG,
+    READ_LOCK_TIMEOUT,
+    ContainerLogError,
+    read_container_log,
+    reconcile_container_log,
+)
 from attest.agent.state import (
     DEFAULT_STATE_DIR,
     Enrollment,
@@ -77,7 +84,7 @@ BACKOFF_JITTER = 0.2
 # work takes well under a second; only a network call can hold it longer, and an abandoned
 # challenge costs the verifier nothing (nonces expire).
 SHUTDOWN_GRACE = 5.0
-_EXPECTED_ERRORS = (VerifierError, TpmError, LogError)
+_EXPECTED_ERRORS = (VerifierError, TpmError, LogError, ContainerLogError)
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,7 @@ class AgentConfig:
     eventlog: Path = DEFAULT_EVENTLOG
     ima: Path = DEFAULT_IMA
     boot_id_file: Path = DEFAULT_BOOT_ID
+    container_log: Path = DEFAULT_CONTAINER_LOG
     timeout: float = DEFAULT_TIMEOUT
     interval: float = DEFAULT_INTERVAL
     max_backoff: float = DEFAULT_MAX_BACKOFF
@@ -236,6 +244,7 @@ class Agent:
         self.ima = ImaReader(config.ima)
         # Checked against the TPM once per process, and again after any TPM failure.
         self._ak: AttestationKey | None = None
+        self._container_log_reconciled = False
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
@@ -318,6 +327,8 @@ class Agent:
 
     def attest(self) -> VerdictOut:
         """Enroll if needed, then one round; enroll again (once) if the verifier has forgotten us."""
+        if not self._container_log_reconciled:
+            self._reconcile_container_log()
         try:
             try:
                 return self._round(self.ensure_enrolled())
@@ -334,6 +345,28 @@ class Agent:
             self._ak = None
             raise
 
+    def _reconcile_container_log(self) -> None:
+        """Once per process: extend PCR 23 with what a hook that crashed between appending and
+        extending left in the container log, so those launches become evidence rather than
+        pending forever. Not worth failing or delaying rounds over: the next hook repairs it too."""
+        self._container_log_reconciled = True
+        path = self.config.container_log
+        if not path.exists():
+            return
+        try:
+            done = reconcile_container_log(path, self.config.tcti, lock_timeout=READ_LOCK_TIMEOUT)
+        except (ContainerLogError, TpmError) as e:
+            self.log.warning("container_log.unreconciled", path=str(path), message=str(e))
+            return
+        if done.extended or done.cut or done.restarted:
+            self.log.warning(
+                "container_log.repaired",
+                path=str(path),
+                extended=done.extended,
+                cut_bytes=done.cut,
+                restarted=done.restarted,
+            )
+
     def _round(self, ak: AttestationKey) -> VerdictOut:
         node, cfg = self.config.node, self.config
         challenge = self.client.challenge(node)
@@ -348,6 +381,7 @@ class Agent:
         # Logs are read after the quote: a list longer than the quote is fine (the verifier
         # stops where PCR 10 matches), a shorter one could never replay to it.
         eventlog = read_eventlog(cfg.eventlog)
+        container_log = read_container_log(cfg.container_log)
         boot_id = read_boot_id(cfg.boot_id_file)
         last_boot = load_boot_id(cfg.state_dir)
         rebooted = boot_id is not None and last_boot is not None and boot_id != last_boot
@@ -380,6 +414,7 @@ class Agent:
             eventlog=eventlog,
             ima=ima_bytes,
             ima_offset=offset,
+            container_log=container_log,
         )
         verdict = self.client.evidence(node, evidence)
         if boot_id is not None and boot_id != last_boot:
@@ -392,6 +427,7 @@ class Agent:
             "ima_offset": offset if snapshot is not None else None,
             "ima_sent": sent if snapshot is not None and not snapshot.whole else None,
             "ima_accepted": verdict.ima_offset if snapshot is not None else None,
+            "containers_sent": container_log.count(b"\n") if container_log is not None else None,
             "reboot": verdict.reboot or rebooted,
             "workarounds": verdict.workarounds or None,
             "expires_at": verdict.expires_at,
