@@ -5,6 +5,7 @@ through attest.tpm: real EK certificates, real credential activation, real quote
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,7 +24,7 @@ from attest.pcrselect import PcrSelection
 from attest.tpm import Tpm, activate_credential, create_ak, create_ek, quote
 from attest.tpm.ak import AttestationKey
 from attest.verify import eventlog, ima
-from attest.verify.policy import create_policy, dump_policy
+from attest.verify.policy import ContainerPolicy, create_policy, dump_policy
 from attest.wire import Challenge, EnrollChallenge, EnrollRequest, Evidence, PolicyIn
 from swtpm.instance import SwtpmInstance
 from swtpm.measuredboot import boot, named_profile
@@ -160,7 +162,12 @@ class Node:
         return Challenge.model_validate_json(r.content)
 
     def evidence(
-        self, challenge: Challenge, *, ak: AttestationKey | None = None, logs: BootedTpm | None = None
+        self,
+        challenge: Challenge,
+        *,
+        ak: AttestationKey | None = None,
+        logs: BootedTpm | None = None,
+        container_log: bytes | None = None,
     ) -> str:
         signer = ak or self.ak
         assert signer is not None
@@ -173,17 +180,20 @@ class Node:
             pcrs={b: {i: v.hex() for i, v in vs.items()} for b, vs in q.pcrs.items()},
             eventlog=logs.eventlog_path.read_bytes() if logs else None,
             ima=logs.ima_path.read_bytes() if logs else None,
+            container_log=container_log,
         ).model_dump_json()
 
 
 _JSON = {"content-type": "application/json"}
 
 
-def put_policy(client: httpx.Client, booted: BootedTpm) -> None:
+def put_policy(client: httpx.Client, booted: BootedTpm, images: tuple[str, ...] | None = None) -> None:
     """The reference policy, generated from the known-good node's own evidence."""
     log = eventlog.parse(booted.eventlog_path.read_bytes())
     entries = ima.parse(booted.ima_path.read_bytes()).entries
     policy = create_policy("default", log, eventlog.replay(log).pcrs, entries, with_ima=True)
+    if images is not None:
+        policy = dataclasses.replace(policy, containers=ContainerPolicy(images=images))
     body = PolicyIn(text=dump_policy(policy)).model_dump_json()
     r = client.post("/v1/admin/policies", headers={**ADMIN, **_JSON}, content=body)
     assert r.status_code == 200, r.text
@@ -233,6 +243,53 @@ def test_enroll_and_attest_a_real_tpm(start_server: StartServer, swtpm_booted: B
         assert 'attest_attestations_total{reason="none",result="trusted"} 1.0' in metrics
         assert 'attest_nodes{state="trusted"} 1.0' in metrics
     assert server.stop() == 0
+
+
+def test_container_launch_trail_is_replayed_and_judged(
+    start_server: StartServer, swtpm_booted: BootedTpm, tmp_path: Path
+) -> None:
+    """Containers measured by the hook into PCR 23: the verifier replays the log against the
+    quote and holds every image to the policy; what ran is kept with the verdict."""
+    from attest.agent.measure import measure_container
+    from attest.containerlog import ContainerRecord
+
+    allowed = "sha256:" + "a1" * 32
+    server = start_server("--pcrs", "sha256:0-10,23")
+    node = Node("worker-1", swtpm_booted.tpm)
+    log_path = tmp_path / "containers.log"
+
+    def launch(name: str, digest: str) -> None:
+        record = ContainerRecord(
+            time="2026-11-28T12:00:00Z", container_id=name * 8, pod=f"{name}-pod", namespace="apps",
+            container=name, image=f"registry.example/{name}@{digest}", image_digest=digest, runtime="cri-o",
+        )  # fmt: skip
+        measure_container(record, log_path, swtpm_booted.tpm.tcti)
+
+    def attest() -> Any:
+        body = node.evidence(node.challenge(client), logs=swtpm_booted, container_log=log_path.read_bytes())
+        r = client.post("/v1/nodes/worker-1/evidence", content=body, headers=_JSON)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    with server.client() as client:
+        put_policy(client, swtpm_booted, images=(f"registry.example/*@{allowed}",))
+        assert node.enroll(client).status_code == 200
+        launch("web", allowed)
+        verdict = attest()
+        assert verdict["trusted"] is True, verdict["reasons"]
+
+        launch("miner", "sha256:" + "66" * 32)
+        verdict = attest()
+        assert verdict["trusted"] is False
+        (reason,) = verdict["reasons"]
+        assert reason["code"] == "policy_image_not_allowed"
+        assert "miner" in reason["message"]
+
+        # Dropping the offending record from the log: it no longer replays to the quoted PCR 23.
+        lines = log_path.read_bytes().splitlines(keepends=True)
+        log_path.write_bytes(lines[0])
+        verdict = attest()
+        assert [r["code"] for r in verdict["reasons"]] == ["containerlog_replay_mismatch"]
 
 
 def test_altered_boot_is_untrusted(

@@ -23,7 +23,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, NoReturn
 
 from cryptography.hazmat.primitives import serialization
@@ -53,6 +53,7 @@ from attest.verify.tpmstructs import ClockInfo, PublicKey, parse_public
 from attest.wire import (
     ActivateRequest,
     Challenge,
+    ChallengeRequest,
     EnrollChallenge,
     EnrollRequest,
     EnrollResult,
@@ -74,6 +75,9 @@ CREDENTIAL_SECRET_BYTES: Final = 32
 _POLICY_CACHE: Final = 4
 # Findings that mean the TPM's clock or firmware went back: the stored high-water mark stays.
 _ROLLBACKS: Final = frozenset({Reason.QUOTE_CLOCK_ROLLBACK, Reason.QUOTE_FIRMWARE_ROLLBACK})
+# Separates bound nonces from any other use of SHA-256 over random bytes (docs/kubernetes.md).
+BIND_DOMAIN: Final = b"tpm-node-attest/bind/v1\x00"
+_FINGERPRINT_BYTES: Final = 32
 
 
 def utcnow() -> dt.datetime:
@@ -84,6 +88,34 @@ def key_fingerprint(key: PublicKey) -> str:
     """How EKs are named everywhere: hex SHA-256 of the SubjectPublicKeyInfo DER."""
     der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()
+
+
+def bind_nonce(salt: bytes, fingerprints: Iterable[str]) -> tuple[bytes, bytes]:
+    """(nonce, binding) for a challenge that commits to keys (hex SHA-256 SPKI fingerprints).
+
+    binding = salt || the raw fingerprints, sorted and deduplicated; nonce = SHA-256(BIND_DOMAIN
+    || binding). The quote signs the nonce, so it commits to the keys, and the stored binding is
+    the whole preimage: anyone holding it and the quote can check the commitment. The random salt
+    keeps the nonce unpredictable and single use, as an unbound nonce is.
+    """
+    binding = salt + b"".join(sorted({bytes.fromhex(f) for f in fingerprints}))
+    return hashlib.sha256(BIND_DOMAIN + binding).digest(), binding
+
+
+def bound_keys(nonce: bytes, binding: bytes | None) -> tuple[str, ...]:
+    """The fingerprints a consumed nonce committed to; () for an unbound nonce, or for a
+    stored binding that does not hash to its nonce (a tampered row binds nothing)."""
+    if not binding:
+        return ()
+    keys = binding[NONCE_BYTES:]
+    if (
+        len(binding) < NONCE_BYTES
+        or len(keys) % _FINGERPRINT_BYTES
+        or not secrets.compare_digest(hashlib.sha256(BIND_DOMAIN + binding).digest(), nonce)
+    ):
+        log.error("a stored nonce binding does not match its nonce: ignored")
+        return ()
+    return tuple(keys[i : i + _FINGERPRINT_BYTES].hex() for i in range(0, len(keys), _FINGERPRINT_BYTES))
 
 
 def public_pem(key: PublicKey) -> str:
@@ -139,6 +171,15 @@ def _clock_json(verdict: Verdict) -> dict[str, Any] | None:
     }
 
 
+def _containers_proven(node: NodeRecord) -> int | None:
+    """How many container launches the last verdict proved: a later quote of the same boot
+    proving fewer means PCR 23 was reset behind the log's back (appraise ignores it after a reboot)."""
+    last = node.last_verdict
+    if last is None or "containers" not in last.detail:
+        return None
+    return len(last.detail["containers"])
+
+
 def _previous_clock(node: NodeRecord) -> tuple[ClockInfo | None, int | None]:
     if node.clock is None:
         return None, None
@@ -164,6 +205,7 @@ class _Round:
     findings: tuple[Finding, ...]
     trusted: bool
     restart_ima: bool  # the IMA position could not be continued: start over from the whole list
+    bound_keys: tuple[str, ...]  # what the nonce committed to (docs/kubernetes.md)
 
 
 class Verifier:
@@ -297,17 +339,20 @@ class Verifier:
             banks[policy.bank] = sorted(set(banks.get(policy.bank, ())) | policy.required_pcrs())
         return PcrSelection.of(banks)
 
-    def challenge(self, name: str) -> Challenge:
+    def challenge(self, name: str, request: ChallengeRequest | None = None) -> Challenge:
         node = self._bound_node(name)
         now = self._clock()
         active = self.active_policy()
         selection = self.selection(active.policy if active else None)
+        salt = self._random(NONCE_BYTES)
+        nonce, binding = (salt, None) if not request or not request.bind else bind_nonce(salt, request.bind)
         record = NonceRecord(
             node=name,
-            nonce=self._random(NONCE_BYTES),
+            nonce=nonce,
             selection=str(selection),
             issued_at=now,
             expires_at=now + self.settings.nonce_ttl,
+            binding=binding,
         )
         self.store.issue_nonce(record)
         ima = ReplayState.from_json(node.ima_state) if node.ima_state else None
@@ -316,6 +361,7 @@ class Verifier:
             selection=record.selection,
             expires_at=record.expires_at,
             ima_offset=ima.offset if ima else 0,
+            bound_keys=list(bound_keys(nonce, binding)),
         )
 
     def submit_evidence(self, name: str, evidence: Evidence) -> VerdictOut:
@@ -350,6 +396,7 @@ class Verifier:
             previous_clock=previous_clock,
             previous_firmware=previous_firmware,
             ima_state=stored_ima if resume else None,
+            containers_accepted=_containers_proven(node),
         )
         started = time.perf_counter()
         verdict = appraise(
@@ -359,6 +406,7 @@ class Verifier:
                 pcrs=pcrs,
                 eventlog=evidence.eventlog,
                 ima=None if offset_wrong else evidence.ima,
+                container_log=evidence.container_log,
             ),
             expect,
         )
@@ -401,6 +449,7 @@ class Verifier:
             findings=(*kept, *extra),
             trusted=verdict.trusted and not extra,
             restart_ima=bool(extra),
+            bound_keys=bound_keys(issued.nonce, issued.binding),
         )
         return self._store_verdict(judged)
 
@@ -417,6 +466,8 @@ class Verifier:
         expires = r.now + self.settings.verdict_ttl if r.trusted else None
         detail = r.verdict.to_json()
         del detail["trusted"], detail["reasons"]
+        # The kubelet CSR approver (webhook.k8s.approver) reads these: keys this appraisal vouches for.
+        detail["bound_keys"] = list(r.bound_keys)
         record = VerdictRecord(
             node=r.node,
             trusted=r.trusted,
