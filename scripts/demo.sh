@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The local demo. Two software TPMs play two nodes: one boots the known-good chain, the other
-# an altered kernel. Each node's agent quotes its PCRs over a fresh nonce; a reference policy
-# is generated from the good node; the evidence of both is appraised.
+# The local demo, all on this machine. Two software TPMs (swtpm) play two nodes: one boots the
+# known-good chain, the other the same chain with an altered kernel. A verifier runs with TLS on
+# SQLite; a reference policy made from the good node is applied; each node's agent enrolls its
+# TPM and attests; `attestctl node list` shows one node trusted and one not, with the reason;
+# and the verifier, as the cluster's admission webhook, decides whether a pod may be placed on
+# each node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,48 +12,80 @@ bash scripts/setup.sh
 export TSS2_LOG=${TSS2_LOG:-all+NONE}
 
 work=$(mktemp -d /tmp/attest-demo.XXXXXX)
+verifier_pid=
 cleanup() {
-    for node in good altered; do
-        [ -d "$work/$node" ] && python -m swtpm stop "$work/$node" >/dev/null 2>&1 || true
+    [ -n "$verifier_pid" ] && kill "$verifier_pid" 2>/dev/null && wait "$verifier_pid" 2>/dev/null
+    for node in node-good node-altered; do
+        [ -d "$work/$node" ] && python -m swtpm stop "$work/$node" >/dev/null 2>&1
     done
     rm -rf "$work"
 }
 trap cleanup EXIT
-
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "Manufacture two TPMs (swtpm) with EK certificates from one local CA"
-python -m swtpm provision "$work/good" --ca "$work/ca"
-python -m swtpm provision "$work/altered" --ca "$work/ca"
-
-step "Boot them: the good chain, and the same chain with an altered kernel"
-for node in good altered; do
-    profile=good; [ "$node" = altered ] && profile=altered-kernel
+step "Two TPMs (swtpm) with EK certificates from a local manufacturer CA, booted"
+for node in node-good node-altered; do
+    profile=good; [ "$node" = node-altered ] && profile=altered-kernel
+    python -m swtpm provision "$work/$node" --ca "$work/tpm-ca" >/dev/null
     python -m swtpm boot "$work/$node" --profile "$profile" --eventlog "$work/$node/eventlog.bin" \
         --ima "$work/$node/ima.log" > "$work/$node/tcti"
-    echo "node '$node' booted profile '$profile'; its TPM: $(cat "$work/$node/tcti")"
+    # Stands in for /proc/sys/kernel/random/boot_id, which tells the agent a reboot happened.
+    python -c 'import uuid; print(uuid.uuid4())' > "$work/$node/boot_id"
+    echo "$node booted profile '$profile' on $(cat "$work/$node/tcti")"
 done
-attestctl eventlog replay "$work/good/eventlog.bin" | head -14
 
-step "A reference policy from the good node's evidence"
-attestctl policy create --name demo-good --eventlog "$work/good/eventlog.bin" --ima "$work/good/ima.log" -o "$work/policy.yaml"
-grep -E '^(version|name|bank)|secure_boot|efi_applications|kernel_cmdline' "$work/policy.yaml"
+step "The verifier: TLS material, then attest-verifier serve on SQLite"
+attestctl certs init --dir "$work/pki" --host localhost --ip 127.0.0.1 >/dev/null
+port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+attest-verifier serve --listen "127.0.0.1:$port" \
+    --tls-cert "$work/pki/server.crt" --tls-key "$work/pki/server.key" \
+    --database "sqlite:///$work/verifier.db" --admin-token-file "$work/pki/admin.token" \
+    --ek-roots "$work/tpm-ca/swtpm-localca-rootca-cert.pem" \
+    --ek-intermediates "$work/tpm-ca/issuercert.pem" > "$work/verifier.log" 2>&1 &
+verifier_pid=$!
+export ATTEST_VERIFIER="https://127.0.0.1:$port" ATTEST_CA_CERT="$work/pki/ca.crt" \
+    ATTEST_TOKEN_FILE="$work/pki/admin.token"
+for _ in $(seq 100); do
+    curl -fsS --cacert "$ATTEST_CA_CERT" "$ATTEST_VERIFIER/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+echo "verifier ready at $ATTEST_VERIFIER (log: verifier.log)"
 
-for node in good altered; do
-    nonce=$(openssl rand -hex 32)
-    tcti=$(cat "$work/$node/tcti")
-    step "Node '$node': the agent quotes PCRs 0-10 over a fresh nonce"
-    attest-agent quote --tcti "$tcti" --state-dir "$work/$node/agent" --nonce "$nonce" \
-        --pcrs sha256:0-10 --out "$work/$node/quote" >/dev/null
-    ls "$work/$node/quote"
-    echo "tpm2_checkquote (tpm2-tools, independently):"
-    tpm2_checkquote -u "$work/$node/quote/ak.pub" -m "$work/$node/quote/quote.msg" -s "$work/$node/quote/quote.sig" \
-        -f "$work/$node/quote/pcrs.bin" -g sha256 -q "$nonce" >/dev/null && echo "  signature and nonce OK"
-    step "Node '$node': appraisal against the policy"
+step "A reference policy from the good node's evidence, applied"
+attestctl policy create --name default --eventlog "$work/node-good/eventlog.bin" \
+    --ima "$work/node-good/ima.log" -o "$work/policy.yaml"
+attestctl policy apply "$work/policy.yaml"
+
+for node in node-good node-altered; do
+    step "$node: the agent enrolls its TPM and attests once"
     set +e
-    attestctl verify --ak "$work/$node/quote/ak.pub" --quote "$work/$node/quote/quote.msg" \
-        --sig "$work/$node/quote/quote.sig" --pcrs "$work/$node/quote/pcrs.bin" --nonce "$nonce" \
-        --eventlog "$work/$node/eventlog.bin" --ima "$work/$node/ima.log" --policy "$work/policy.yaml"
-    echo "(exit status $?)"
+    attest-agent once --verifier "$ATTEST_VERIFIER" --ca-cert "$ATTEST_CA_CERT" --node "$node" \
+        --tcti "$(cat "$work/$node/tcti")" --state-dir "$work/$node/agent" \
+        --eventlog "$work/$node/eventlog.bin" --ima "$work/$node/ima.log" \
+        --boot-id-file "$work/$node/boot_id" --container-log "$work/$node/containers.log" --log-level error
+    echo "(attest-agent exit status $?)"
     set -e
 done
+
+step "attestctl node list"
+attestctl node list
+step "attestctl node show node-altered"
+attestctl node show node-altered || true
+
+if [ -f webhook/routes_admission.py ]; then
+    step "Admission: may a pod be bound to each node? (a real kube-apiserver pods/binding request)"
+    for node in node-good node-altered; do
+        python - "$node" <<'PY'
+import json, os, sys, httpx
+from attest.wire import ADMISSION_PODS
+node = sys.argv[1]
+review = json.load(open("tests/data/k8s/admission/05-validate-pods-binding-CREATE-demo.json"))
+review["request"]["object"]["target"]["name"] = node
+with httpx.Client(verify=os.environ["ATTEST_CA_CERT"]) as c:
+    r = c.post(os.environ["ATTEST_VERIFIER"] + ADMISSION_PODS + "?timeout=5s", json=review)
+resp = r.json()["response"]
+verdict = "allowed" if resp["allowed"] else "denied: " + resp.get("status", {}).get("message", "")
+print(f"bind pod {review['request']['name']} to {node}: {verdict}")
+PY
+    done
+fi
