@@ -35,6 +35,18 @@ MAX_CONTAINER_LOG = 16 * 1024 * 1024
 NONCE_SIZE = 32
 
 
+def _b64_len(n: int) -> int:
+    return (n + 2) // 3 * 4
+
+
+# The largest Evidence body these bounds admit (base64 of every log at its limit, plus the
+# small fields): the verifier's default body limit for evidence, so the two cannot disagree.
+MAX_EVIDENCE_BODY = _b64_len(MAX_EVENTLOG) + _b64_len(MAX_IMA) + _b64_len(MAX_CONTAINER_LOG) + 64 * 1024
+# Keys an agent may vouch for in one challenge: the kubelet's client and serving keys, and the
+# bootstrap key while a CSR is pending, with room to spare.
+MAX_BOUND_KEYS = 8
+
+
 def valid_node_name(name: str) -> bool:
     return len(name) <= NODE_NAME_MAX and bool(_NODE_NAME.match(name))
 
@@ -45,7 +57,7 @@ def _b64_decoder(limit: int) -> Any:
             raw = value
         elif isinstance(value, str):
             # Reject before decoding: base64 is 4/3 the size of what it carries.
-            if len(value) > (limit + 2) // 3 * 4 + 4:
+            if len(value) > _b64_len(limit) + 4:
                 raise ValueError(f"longer than {limit} bytes")
             try:
                 raw = base64.b64decode(value, validate=True)
@@ -64,7 +76,7 @@ _B64_OUT = PlainSerializer(lambda b: base64.b64encode(b).decode("ascii"), return
 
 
 def _b64_schema(limit: int) -> WithJsonSchema:
-    return WithJsonSchema({"type": "string", "contentEncoding": "base64", "maxLength": (limit + 2) // 3 * 4})
+    return WithJsonSchema({"type": "string", "contentEncoding": "base64", "maxLength": _b64_len(limit)})
 
 
 TpmStruct: TypeAlias = Annotated[
@@ -83,6 +95,8 @@ ContainerLogBytes: TypeAlias = Annotated[
 Nonce: TypeAlias = Annotated[bytes, BeforeValidator(_b64_decoder(64)), _B64_OUT, _b64_schema(64)]
 NodeName = Annotated[str, Field(min_length=1, max_length=NODE_NAME_MAX, pattern=NODE_NAME_PATTERN)]
 Hex = Annotated[str, Field(pattern=r"^[0-9a-f]*$", max_length=256)]
+# Hex SHA-256 of a public key's SubjectPublicKeyInfo (DER), lowercase: how keys are named.
+KeyFingerprint = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", min_length=64, max_length=64)]
 PcrSelectionText = Annotated[
     str, Field(max_length=256, pattern=r"^[a-z0-9_]+:[0-9,\-]+(\+[a-z0-9_]+:[0-9,\-]+)*$")
 ]
@@ -134,6 +148,17 @@ class EnrollResult(Response):
     enrolled_at: dt.datetime
 
 
+class ChallengeRequest(Request):
+    """The optional body of POST /v1/nodes/{node}/challenge: keys the node vouches for.
+
+    The nonce is derived from them (docs/kubernetes.md), so a quote over it proves that the
+    attested machine named these keys: the verifier approves a kubelet CSR only for a key bound
+    this way. No body, or an empty list, asks for a nonce that commits to nothing.
+    """
+
+    bind: Annotated[list[KeyFingerprint], Field(max_length=MAX_BOUND_KEYS)] = []
+
+
 class Challenge(Response):
     """POST /v1/nodes/{node}/challenge: a single-use nonce for this node."""
 
@@ -141,6 +166,9 @@ class Challenge(Response):
     selection: PcrSelectionText  # quote exactly these PCRs
     expires_at: dt.datetime
     ima_offset: Annotated[int, Field(ge=0)] = 0  # send IMA entries from this index on
+    # The fingerprints the nonce commits to, sorted and deduplicated: an agent that asked for a
+    # binding and finds this empty talks to a verifier that ignored it.
+    bound_keys: list[KeyFingerprint] = []
 
 
 class Evidence(Request):

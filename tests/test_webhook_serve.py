@@ -25,7 +25,7 @@ from attest.tpm import Tpm, activate_credential, create_ak, create_ek, quote
 from attest.tpm.ak import AttestationKey
 from attest.verify import eventlog, ima
 from attest.verify.policy import ContainerPolicy, create_policy, dump_policy
-from attest.wire import Challenge, EnrollChallenge, EnrollRequest, Evidence, PolicyIn
+from attest.wire import MAX_EVIDENCE_BODY, Challenge, EnrollChallenge, EnrollRequest, Evidence, PolicyIn
 from swtpm.instance import SwtpmInstance
 from swtpm.measuredboot import boot, named_profile
 from swtpm.provision import LocalCa
@@ -237,7 +237,7 @@ def test_enroll_and_attest_a_real_tpm(start_server: StartServer, swtpm_booted: B
         assert audit[-1]["kind"] == "rejected-evidence"
 
         assert client.get("/v1/admin/nodes").status_code == 401
-        r = client.post("/v1/nodes/worker-1/evidence", content=b" " * (81 * 1024 * 1024), headers=_JSON)
+        r = client.post("/v1/nodes/worker-1/evidence", content=b" " * (MAX_EVIDENCE_BODY + 1), headers=_JSON)
         assert (r.status_code, r.json()["code"]) == (413, "request_too_large")
         metrics = client.get("/metrics").text
         assert 'attest_attestations_total{reason="none",result="trusted"} 1.0' in metrics

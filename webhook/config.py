@@ -27,6 +27,7 @@ from cryptography import x509
 from attest.errors import AttestError, UsageError
 from attest.pcrselect import PcrSelection
 from attest.verify.ekcert import load_ca_certificates
+from attest.wire import MAX_EVIDENCE_BODY
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Settings:
     nonce_ttl: dt.timedelta = dt.timedelta(seconds=60)
     verdict_ttl: dt.timedelta = dt.timedelta(seconds=300)
     enrollment_ttl: dt.timedelta = dt.timedelta(seconds=120)
-    max_evidence_bytes: int = 80 * MiB
+    max_evidence_bytes: int = MAX_EVIDENCE_BODY
     max_request_bytes: int = 1 * MiB
     log_level: str = "info"
 
