@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from attest import __version__
-from attest.cli._common import EXIT_OK, EXIT_UNTRUSTED, EXIT_USAGE, ArgumentParser, print_json, run
+from attest.cli._common import (
+    EXIT_OK,
+    EXIT_UNTRUSTED,
+    EXIT_USAGE,
+    ArgumentParser,
+    hex_nonce,
+    pcr_selection,
+    print_json,
+    run,
+)
 from attest.errors import UsageError
 from attest.pcrselect import PcrSelection
 
@@ -93,23 +102,6 @@ hook-injector plugin; docs/containers.md):
             "args": ["attest-agent", "measure-container"], "timeout": 30},
    "when": {"always": true}, "stages": ["createRuntime"]}
 """
-
-
-def _selection(text: str) -> PcrSelection:
-    try:
-        return PcrSelection.parse(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _nonce(text: str) -> bytes:
-    try:
-        value = bytes.fromhex(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not hexadecimal") from None
-    if not value:
-        raise argparse.ArgumentTypeError("empty nonce")
-    return value
 
 
 def _env(option: str, default: str | None = None) -> str | None:
@@ -386,10 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_tpm_options(q)
-    q.add_argument("--nonce", type=_nonce, required=True, metavar="HEX", help="the verifier's challenge, hex")
+    q.add_argument(
+        "--nonce", type=hex_nonce, required=True, metavar="HEX", help="the verifier's challenge, hex"
+    )
     q.add_argument(
         "--pcrs",
-        type=_selection,
+        type=pcr_selection,
         default=PcrSelection.parse("sha256:0-9"),
         metavar="SEL",
         help="PCR selection in tpm2-tools syntax (default: sha256:0-9)",

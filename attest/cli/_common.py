@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeAlias
 
 from attest.errors import AttestError, TpmError, UsageError
+from attest.pcrselect import PcrSelection
 
 # DESIGN 8: 0 success or trusted, 1 appraised and untrusted, 2 unusable input or usage.
 EXIT_OK = 0
@@ -68,6 +69,25 @@ def add_connection_options(parser: argparse.ArgumentParser, *, top_level: bool =
         default=default,
         help="per-request timeout (default 30)",
     )
+
+
+def pcr_selection(text: str) -> PcrSelection:
+    """argparse type for a PCR selection such as sha256:0-9 (PcrSelection.parse's syntax)."""
+    try:
+        return PcrSelection.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def hex_nonce(text: str) -> bytes:
+    """argparse type for a nonce given in hex: non-empty bytes."""
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not hexadecimal") from None
+    if not value:
+        raise argparse.ArgumentTypeError("empty nonce")
+    return value
 
 
 def print_json(doc: Any) -> None:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from attest.cli._common import EXIT_OK, EXIT_UNTRUSTED, SubParsers, print_json, read_file
+from attest.cli._common import (
+    EXIT_OK,
+    EXIT_UNTRUSTED,
+    SubParsers,
+    hex_nonce,
+    pcr_selection,
+    print_json,
+    read_file,
+)
 from attest.errors import UsageError
 from attest.pcrselect import PcrSelection
 
@@ -29,23 +37,6 @@ Exit status: 0 trusted, 1 untrusted (reasons printed), 2 unusable input.
 """
 
 
-def _selection(text: str) -> PcrSelection:
-    try:
-        return PcrSelection.parse(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _nonce(text: str) -> bytes:
-    try:
-        value = bytes.fromhex(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not hexadecimal") from None
-    if not value:
-        raise argparse.ArgumentTypeError("empty nonce")
-    return value
-
-
 def register(sub: SubParsers) -> None:
     p = sub.add_parser(
         "verify",
@@ -60,11 +51,11 @@ def register(sub: SubParsers) -> None:
         "--pcrs", required=True, metavar="PCRS", help="PCR values (tpm2_quote -o, tpm2_pcrread -o/YAML)"
     )
     p.add_argument(
-        "--nonce", required=True, type=_nonce, metavar="HEX", help="the nonce the quote must carry"
+        "--nonce", required=True, type=hex_nonce, metavar="HEX", help="the nonce the quote must carry"
     )
     p.add_argument(
         "--selection",
-        type=_selection,
+        type=pcr_selection,
         metavar="SEL",
         help="the PCR selection that was asked for, e.g. sha256:0-9 (default: the quote's own)",
     )
