@@ -13,7 +13,6 @@ file unless asked, and all of them or none are checked before the first is writt
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import ipaddress
 import os
@@ -27,6 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from attest.fileio import write_private
 
 CA_DAYS = 3650
 SERVER_DAYS = 365
@@ -183,21 +184,8 @@ def write_files(
     written = []
     for name, content, mode, what in files:
         target = directory / name
-        # O_EXCL: without force, a file that appeared since the check is still never overwritten.
-        path = directory / f".{name}.{secrets.token_hex(4)}.tmp" if force else target
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-        try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as f:
-                f.write(content)
-                f.flush()
-                os.fsync(f.fileno())
-            if force:
-                os.replace(path, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            raise
+        # Without force, exclusively: a file that appeared since the check is still never overwritten.
+        write_private(target, content, mode, replace=force)
         written.append(WrittenFile(target, mode, what))
     return written
 

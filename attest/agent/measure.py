@@ -44,6 +44,7 @@ from attest.containerlog import (
     matching_prefix,
 )
 from attest.errors import TpmError
+from attest.fileio import write_private
 from attest.pcrselect import PcrSelection
 from attest.tcg import hash_alg, hash_alg_available
 from attest.wire import MAX_CONTAINER_LOG
@@ -393,11 +394,8 @@ def _reconcile(fd: int, path: Path, tpm: Tpm, banks: tuple[str, ...]) -> Reconci
         # More than one record and none extended: not a crash (that leaves one), so the log
         # predates PCR 23's last reset. Its records can never replay; keep them for the operator.
         previous = path.with_name(path.name + ".previous")
-        tmp = path.with_name(path.name + ".previous.tmp")
         try:
-            tmp.write_bytes(data)
-            tmp.chmod(0o600)
-            tmp.replace(previous)
+            write_private(previous, data)
         except OSError as e:
             raise ContainerLogError(
                 f"cannot keep the old container log as {previous}: {e.strerror or e}"

@@ -12,16 +12,14 @@ absent, never as half a key, and nothing here is for other users to read.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from attest.errors import TpmError
+from attest.fileio import write_private
 from attest.tpm import AttestationKey, Tpm, create_ak, load_ak
 
 DEFAULT_STATE_DIR = Path("/var/lib/attest-agent")
@@ -74,18 +72,7 @@ def load_usable_ak(tpm: Tpm, state_dir: Path, alg: str = "ecc") -> AkStatus:
 
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_private(path, data)
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 from tpm2_pytss import ESYS_TR, TPM2B_PRIVATE, TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE, TPMA_OBJECT
 
 from attest.errors import TpmError
+from attest.fileio import write_private
 from attest.tpm.session import Tpm, tpm_errors
 
 AK_ALGORITHMS = ("ecc", "rsa")
@@ -40,18 +39,7 @@ class AttestationKey:
             "private": self.private.hex(),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ak-")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(doc, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_private(path, json.dumps(doc).encode())
 
     @classmethod
     def from_file(cls, path: Path) -> AttestationKey:
