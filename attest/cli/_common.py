@@ -90,6 +90,18 @@ def hex_nonce(text: str) -> bytes:
     return value
 
 
+def positive_int(what: str) -> Callable[[str], int]:
+    """argparse type for a whole number from 1 up, such as an ID or a version; anything else is
+    refused as "'TEXT' is not `what`"."""
+
+    def check(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return int(text)
+
+    return check
+
+
 def print_json(doc: Any) -> None:
     json.dump(doc, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")

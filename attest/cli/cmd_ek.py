@@ -14,6 +14,7 @@ from attest.cli._common import (
     SubParsers,
     add_connection_options,
     describe_time,
+    positive_int,
     print_json,
     print_table,
     read_file,
@@ -52,12 +53,6 @@ REVOKE_DESCRIPTION = """\
 Revoke an EK by its ID (from `attestctl ek list`): the node it identified can no longer enroll
 with it. Asks no question; prints the revoked EK.
 """
-
-
-def _ek_id(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an EK ID (a positive number, see `ek list`)")
-    return int(text)
 
 
 def register(sub: SubParsers) -> None:
@@ -100,7 +95,12 @@ def register(sub: SubParsers) -> None:
         description=REVOKE_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    r.add_argument("id", type=_ek_id, metavar="ID", help="the EK's ID, from `attestctl ek list`")
+    r.add_argument(
+        "id",
+        type=positive_int("an EK ID (a positive number, see `ek list`)"),
+        metavar="ID",
+        help="the EK's ID, from `attestctl ek list`",
+    )
     r.add_argument("--json", action="store_true", help="print the revoked EK (EkOut) as JSON")
     add_connection_options(r)
     r.set_defaults(handler=run_revoke)

@@ -13,6 +13,7 @@ from attest.cli._common import (
     SubParsers,
     add_connection_options,
     describe_time,
+    positive_int,
     print_json,
     print_table,
     read_file,
@@ -56,12 +57,6 @@ SHOW_DESCRIPTION = """\
 Print a policy's YAML text exactly as it was applied: the latest version, or --version N.
 With --json, the whole record (name, version, digest, created_at, text).
 """
-
-
-def _version(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a policy version (1, 2, ...)")
-    return int(text)
 
 
 def register(sub: SubParsers) -> None:
@@ -109,7 +104,12 @@ def register(sub: SubParsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sh.add_argument("name", metavar="NAME", help="the policy's name")
-    sh.add_argument("--version", type=_version, metavar="N", help="this version (default: the latest)")
+    sh.add_argument(
+        "--version",
+        type=positive_int("a policy version (1, 2, ...)"),
+        metavar="N",
+        help="this version (default: the latest)",
+    )
     sh.add_argument("--json", action="store_true", help="print the policy (PolicyOut) as JSON")
     add_connection_options(sh)
     sh.set_defaults(handler=run_show)
