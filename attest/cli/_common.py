@@ -102,6 +102,12 @@ def positive_int(what: str) -> Callable[[str], int]:
     return check
 
 
+def show_help(parser: argparse.ArgumentParser) -> int:
+    """The answer to a command given without its subcommand: the help, on stderr, and exit 2."""
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
 def print_json(doc: Any) -> None:
     json.dump(doc, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
@@ -154,8 +160,7 @@ def run(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
+        return show_help(parser)
     try:
         return handler(args)
     except (UsageError, TpmError, CommandError) as e:

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 from attest.cli._common import (
     EXIT_OK,
     EXIT_UNTRUSTED,
-    EXIT_USAGE,
     SubParsers,
     add_connection_options,
     print_json,
     read_file,
+    show_help,
 )
 from attest.errors import UsageError
 
@@ -65,7 +65,7 @@ def register(sub: SubParsers) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.set_defaults(handler=lambda _args: _usage(p))
+    p.set_defaults(handler=lambda _args: show_help(p))
     commands = p.add_subparsers(title="audit commands", metavar="COMMAND")
 
     v = commands.add_parser(
@@ -99,11 +99,6 @@ def register(sub: SubParsers) -> None:
     )
     add_connection_options(e)
     e.set_defaults(handler=run_export)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 def _progress() -> tuple[Callable[[int], None] | None, Callable[[], None]]:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from attest.cli._common import EXIT_OK, EXIT_USAGE, SubParsers, print_json
+from attest.cli._common import EXIT_OK, SubParsers, print_json, show_help
 
 DESCRIPTION = """\
 TLS material for the verifier: a private CA that agents, attestctl and the Kubernetes API
@@ -41,7 +40,7 @@ def register(sub: SubParsers) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.set_defaults(handler=lambda _args: _usage(p))
+    p.set_defaults(handler=lambda _args: show_help(p))
     commands = p.add_subparsers(title="certs commands", metavar="COMMAND")
     i = commands.add_parser(
         "init",
@@ -63,11 +62,6 @@ def register(sub: SubParsers) -> None:
     i.add_argument("--force", action="store_true", help="replace existing files")
     i.add_argument("--json", action="store_true", help="print what was written as JSON")
     i.set_defaults(handler=run_init)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 def run_init(args: argparse.Namespace) -> int:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
 from typing import TYPE_CHECKING
 
 from attest.cli._common import (
     EXIT_OK,
-    EXIT_USAGE,
     CommandError,
     SubParsers,
     add_connection_options,
@@ -18,6 +16,7 @@ from attest.cli._common import (
     print_json,
     print_table,
     read_file,
+    show_help,
 )
 from attest.errors import UsageError
 
@@ -62,7 +61,7 @@ def register(sub: SubParsers) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.set_defaults(handler=lambda _args: _usage(p))
+    p.set_defaults(handler=lambda _args: show_help(p))
     commands = p.add_subparsers(title="ek commands", metavar="COMMAND")
 
     e = commands.add_parser(
@@ -104,11 +103,6 @@ def register(sub: SubParsers) -> None:
     r.add_argument("--json", action="store_true", help="print the revoked EK (EkOut) as JSON")
     add_connection_options(r)
     r.set_defaults(handler=run_revoke)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 def _spki(key: PublicKey) -> bytes:

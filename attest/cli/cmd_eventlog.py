@@ -7,7 +7,7 @@ import sys
 import warnings
 from typing import Any
 
-from attest.cli._common import EXIT_OK, EXIT_USAGE, ArgumentParser, SubParsers, print_json, read_file
+from attest.cli._common import EXIT_OK, SubParsers, print_json, read_file, show_help
 from attest.verify import efi
 from attest.verify.eventlog import (
     MAX_LOG_SIZE,
@@ -65,7 +65,7 @@ def register(sub: SubParsers) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.set_defaults(handler=lambda _args: _usage(parser))
+    parser.set_defaults(handler=lambda _args: show_help(parser))
     commands = parser.add_subparsers(title="subcommands", metavar="SUBCOMMAND")
 
     show = commands.add_parser(
@@ -96,11 +96,6 @@ def register(sub: SubParsers) -> None:
         + ", ".join(w.name for w in WORKAROUNDS),
     )
     rep.set_defaults(handler=_replay)
-
-
-def _usage(parser: ArgumentParser | argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 def _load(path: str) -> EventLog:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
 from typing import Any
 
-from attest.cli._common import EXIT_OK, EXIT_USAGE, SubParsers, print_json, read_file
+from attest.cli._common import EXIT_OK, SubParsers, print_json, read_file, show_help
 from attest.errors import UsageError
 from attest.verify.ima import (
     BANK_HASH,
@@ -67,7 +66,7 @@ def register(sub: SubParsers) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.set_defaults(handler=lambda _args: _usage(parser))
+    parser.set_defaults(handler=lambda _args: show_help(parser))
     commands = parser.add_subparsers(title="subcommands", metavar="SUBCOMMAND")
     rep = commands.add_parser(
         "replay",
@@ -100,11 +99,6 @@ def register(sub: SubParsers) -> None:
         help="ignore a last entry cut off mid-way (a truncated capture); its size is reported",
     )
     rep.set_defaults(handler=_replay)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 def _replay(args: argparse.Namespace) -> int:

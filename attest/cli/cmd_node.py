@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import TYPE_CHECKING
 
 from attest.cli._common import (
     EXIT_OK,
     EXIT_UNTRUSTED,
-    EXIT_USAGE,
     SubParsers,
     add_connection_options,
     describe_time,
     print_json,
     print_table,
+    show_help,
 )
 
 if TYPE_CHECKING:
@@ -56,7 +55,7 @@ def register(sub: SubParsers) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.set_defaults(handler=lambda _args: _usage(p))
+    p.set_defaults(handler=lambda _args: show_help(p))
     commands = p.add_subparsers(title="node commands", metavar="COMMAND")
 
     ls = commands.add_parser(
@@ -91,11 +90,6 @@ def register(sub: SubParsers) -> None:
         r.add_argument("--json", action="store_true", help="print the node (NodeOut) as JSON")
         add_connection_options(r)
         r.set_defaults(handler=run_revoke)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 def _reasons_cell(reasons: list[ReasonOut]) -> str:
