@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from swtpm.imalog import ImaLog
 
 # Database fixtures (PostgreSQL server, stores over SQLite and PostgreSQL): tests/pg.py.
-pytest_plugins = ["tests.pg"]
+# `attest-verifier serve` as a process over TLS: tests/verifier_process.py.
+pytest_plugins = ["tests.pg", "tests.verifier_process"]
 
 SWTPM_FIXTURES = frozenset({"swtpm", "swtpm_ca", "swtpm_template", "swtpm_factory", "swtpm_booted"})
 _BINARIES = ("swtpm", "swtpm_setup", "swtpm_localca")

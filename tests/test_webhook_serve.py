@@ -6,13 +6,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,71 +25,24 @@ from swtpm.instance import SwtpmInstance
 from swtpm.measuredboot import boot, named_profile
 from swtpm.provision import LocalCa
 from tests.conftest import BootedTpm, SwtpmFactory
-from tests.tlsfixtures import TlsFiles, write_tls
+from tests.verifier_process import VERIFIER, Server, StartVerifier, clean_env
 from tests.webhook_support import TestCa
 
 TOKEN = "admin-token-for-the-serve-tests-0123"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-VERIFIER = Path(sys.executable).with_name("attest-verifier")
-START_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    url: str
-    tls: TlsFiles
-    database: Path
-    log: Path
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, verify=self.tls.client_context(), timeout=30, trust_env=False)
-
-    def stop(self) -> int:
-        """SIGTERM, as Kubernetes stops a pod: uvicorn finishes what is in flight and exits 0."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"verifier ignored SIGTERM; log:\n{self.log.read_text()}") from None
-
 
 StartServer = Callable[..., Server]
 
 
 @pytest.fixture
-def start_server(tmp_path: Path, swtpm_ca: LocalCa) -> Iterator[StartServer]:
-    started: list[Server] = []
+def start_server(tmp_path: Path, swtpm_ca: LocalCa, start_verifier: StartVerifier) -> StartServer:
+    """The verifier trusting the swtpm CA's EK certificates, with the admin API on."""
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
 
     def start(*extra: str, ek_roots: Path | None = None) -> Server:
-        n = len(started)
-        tls = write_tls(tmp_path / f"tls{n}")
-        token = tmp_path / f"token{n}"
-        token.write_text(TOKEN + "\n")
-        token.chmod(0o600)
-        database = tmp_path / f"verifier{n}.db"
-        port = free_port()
-        log = tmp_path / f"verifier{n}.log"
-        argv = [
-            str(VERIFIER),
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--tls-cert",
-            str(tls.cert),
-            "--tls-key",
-            str(tls.key),
-            "--database",
-            f"sqlite:///{database}",
+        return start_verifier(
             "--ek-roots",
             str(ek_roots or swtpm_ca.root_cert),
             "--ek-intermediates",
@@ -102,31 +50,9 @@ def start_server(tmp_path: Path, swtpm_ca: LocalCa) -> Iterator[StartServer]:
             "--admin-token-file",
             str(token),
             *extra,
-        ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ATTEST_VERIFIER_")}
-        with log.open("wb") as out:
-            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-        server = Server(process, f"https://127.0.0.1:{port}", tls, database, log)
-        started.append(server)
-        deadline = time.monotonic() + START_TIMEOUT
-        with server.client() as client:
-            while True:
-                if process.poll() is not None:
-                    raise AssertionError(f"verifier exited {process.returncode}:\n{log.read_text()}")
-                try:
-                    if client.get("/healthz").status_code == 200:
-                        return server
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"verifier did not start:\n{log.read_text()}")
-                time.sleep(0.1)
+        )
 
-    yield start
-    for server in started:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
+    return start
 
 
 @dataclass
@@ -379,8 +305,7 @@ def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.Complet
     ],
 )
 def test_bad_configuration_is_one_line_and_exit_2(argv: tuple[str, ...], message: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTEST_VERIFIER_")}
-    result = run_cli("serve", *argv, env=env)
+    result = run_cli("serve", *argv, env=clean_env())
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [f"attest-verifier: {message}"]
 
@@ -388,7 +313,7 @@ def test_bad_configuration_is_one_line_and_exit_2(argv: tuple[str, ...], message
 def test_environment_and_config_file(tmp_path: Path) -> None:
     config = tmp_path / "verifier.yaml"
     config.write_text("pcrs: sha256:0-7\nnonce-ttl: 0\n")
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ATTEST_VERIFIER_")}}
+    env = clean_env()
     result = run_cli("serve", "--config", str(config), env=env)
     assert result.returncode == 2
     assert f"config file {config}: nonce-ttl" in result.stderr
