@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn, TypeAlias
 
 from attest.errors import AttestError, TpmError, UsageError
@@ -139,17 +140,24 @@ def describe_time(at: dt.datetime | None, now: dt.datetime | None = None) -> str
     return f"{relative} ({at.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}Z)"
 
 
+@contextlib.contextmanager
+def input_file_errors(name: str) -> Iterator[None]:
+    """Turn the usual reasons a named input file cannot be read into a one-line UsageError:
+    "NAME: no such file" (is a directory, permission denied)."""
+    try:
+        yield
+    except IsADirectoryError:
+        raise UsageError(f"{name}: is a directory") from None
+    except FileNotFoundError:
+        raise UsageError(f"{name}: no such file") from None
+    except PermissionError:
+        raise UsageError(f"{name}: permission denied") from None
+
+
 def read_file(path: str, limit: int = 256 * 1024 * 1024) -> bytes:
     """Read an input file, refusing what is not a regular readable file or is absurdly large."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except IsADirectoryError:
-        raise UsageError(f"{path}: is a directory") from None
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except PermissionError:
-        raise UsageError(f"{path}: permission denied") from None
+    with input_file_errors(path), open(path, "rb") as f:
+        data = f.read(limit + 1)
     if len(data) > limit:
         raise UsageError(f"{path}: larger than {limit} bytes")
     return data

@@ -25,7 +25,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from attest import __version__
-from attest.cli._common import CommandError
+from attest.cli._common import CommandError, input_file_errors
 from attest.errors import UsageError
 from attest.wire import (
     API_PREFIX,
@@ -101,16 +101,9 @@ def connection_from_args(args: argparse.Namespace) -> Connection:
 def load_token(path: str) -> str:
     """The bearer token in `path`, surrounding whitespace ignored. The token itself never
     appears in a message: error output ends up in CI logs."""
-    try:
-        with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            raw = f.read(_MAX_TOKEN_FILE + 1)
-    except FileNotFoundError:
-        raise UsageError(f"token file {path}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"token file {path}: is a directory") from None
-    except PermissionError:
-        raise UsageError(f"token file {path}: permission denied") from None
+    with input_file_errors(f"token file {path}"), open(path, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        raw = f.read(_MAX_TOKEN_FILE + 1)
     try:
         token = raw.decode("ascii").strip()
     except UnicodeDecodeError:
