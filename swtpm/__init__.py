@@ -4,6 +4,7 @@
 - `swtpm.instance`: start, stop and power-cycle swtpm processes (`SwtpmInstance`).
 - `swtpm.measuredboot`: a simulated UEFI measured boot: a `BootProfile`, its TCG event log, the extends.
 - `swtpm.imalog`: an IMA ima-ng measurement list extending PCR 10.
+- `swtpm.tools`: run a tpm2-tools command against an instance (`run_tool`), flushing what it left loaded.
 
 `python -m swtpm --help` drives the same from a shell; docs/swtpm.md explains what is simulated.
 """

@@ -4,8 +4,6 @@ keys the TPM itself reports."""
 from __future__ import annotations
 
 import datetime
-import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,37 +24,11 @@ from attest.verify.ekcert import (
 from attest.verify.tpmstructs import parse_public
 from swtpm.instance import SwtpmInstance
 from swtpm.provision import LocalCa
+from swtpm.tools import run_tool
 
 # TCG EK Credential Profile NV indices, and where swtpm_setup persists the matching EKs.
 RSA_CERT, ECC_CERT = "0x01c00002", "0x01c00016"
 RSA_EK, ECC_EK = "0x81010001", "0x81010016"
-
-
-def tool(tpm: SwtpmInstance, *argv: str, cwd: Path) -> None:
-    """Run one tpm2-tools command against ``tpm``. swtpm has no resource manager, so the
-    transient objects and sessions a tool leaves loaded are flushed after it."""
-    env = {**os.environ, "TSS2_LOG": "all+NONE"}
-    try:
-        subprocess.run(
-            [argv[0], "-T", tpm.tcti, *argv[1:]],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-    except subprocess.CalledProcessError as e:
-        raise AssertionError(f"{' '.join(argv)} failed: {e.stderr}") from None
-    finally:
-        for kind in ("-t", "-s"):
-            subprocess.run(
-                ["tpm2_flushcontext", "-T", tpm.tcti, kind],
-                env=env,
-                capture_output=True,
-                timeout=60,
-                check=True,
-            )
 
 
 @dataclass(frozen=True)
@@ -80,13 +52,13 @@ class Ek:
 def ek(swtpm: SwtpmInstance, tmp_path: Path) -> Ek:
     assert swtpm.ca is not None
     for index, out in ((RSA_CERT, "rsa.der"), (ECC_CERT, "ecc.der")):
-        tool(swtpm, "tpm2_nvread", "-C", "o", index, "-o", out, cwd=tmp_path)
+        run_tool(swtpm, "tpm2_nvread", "-C", "o", index, "-o", out, cwd=tmp_path)
     for handle, out in ((RSA_EK, "rsa-persistent.pub"), (ECC_EK, "ecc.pub")):
-        tool(swtpm, "tpm2_readpublic", "-c", handle, "-o", out, cwd=tmp_path)
+        run_tool(swtpm, "tpm2_readpublic", "-c", handle, "-o", out, cwd=tmp_path)
     # The RSA EK re-derived from the EK Credential Profile template, as an agent does it.
-    tool(swtpm, "tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "rsa.pub", cwd=tmp_path)
+    run_tool(swtpm, "tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "rsa.pub", cwd=tmp_path)
     # The low-range ECC P-256 EK: a genuine EK of this TPM, but not the one the P-384 certificate certifies.
-    tool(swtpm, "tpm2_createek", "-c", "ek256.ctx", "-G", "ecc", "-u", "ecc256.pub", cwd=tmp_path)
+    run_tool(swtpm, "tpm2_createek", "-c", "ek256.ctx", "-G", "ecc", "-u", "ecc256.pub", cwd=tmp_path)
     return Ek(swtpm.ca, tmp_path)
 
 

@@ -3,8 +3,6 @@ tampered copies of those real files must be refused with the right reason."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,39 +17,12 @@ from attest.verify.quote import QuoteResult, ak_name, compare_clock, load_ak, ve
 from attest.verify.tpmstructs import parse_public
 from swtpm.instance import SwtpmInstance
 from swtpm.provision import TpmState, copy_state
+from swtpm.tools import run_tool
 
 NONCE = bytes.fromhex("5eedf00d0123456789abcdef")
 PCRS = "0,1,2,3,4,5,6,7"
 EIGHT = PcrSelection.parse("sha256:0-7")
 PERSISTENT_AK = "0x81000020"
-
-
-def tool(tpm: SwtpmInstance, *argv: str, cwd: Path) -> str:
-    """Run one tpm2-tools command against ``tpm`` and return its stdout. swtpm has no resource
-    manager, so the transient objects and sessions a tool leaves loaded are flushed after it."""
-    env = {**os.environ, "TSS2_LOG": "all+NONE"}
-    try:
-        out = subprocess.run(
-            [argv[0], "-T", tpm.tcti, *argv[1:]],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-    except subprocess.CalledProcessError as e:
-        raise AssertionError(f"{' '.join(argv)} failed: {e.stderr}") from None
-    finally:
-        for kind in ("-t", "-s"):
-            subprocess.run(
-                ["tpm2_flushcontext", "-T", tpm.tcti, kind],
-                env=env,
-                capture_output=True,
-                timeout=60,
-                check=True,
-            )
-    return out.stdout
 
 
 @dataclass(frozen=True)
@@ -60,7 +31,7 @@ class Artifacts:
     dir: Path
 
     def tool(self, *argv: str) -> str:
-        return tool(self.tpm, *argv, cwd=self.dir)
+        return run_tool(self.tpm, *argv, cwd=self.dir)
 
     def read(self, name: str) -> bytes:
         return (self.dir / name).read_bytes()
