@@ -89,14 +89,6 @@ class ImaSnapshot:
         return offset, self.data[self.bounds[offset] : self.bounds[-1]]
 
 
-def _record_size(entry: ima.ImaEntry) -> int:
-    # binary_runtime_measurements framing: PCR (u32), template hash, name length (u32), name,
-    # then data length (u32) and data, except for the legacy "ima" template, whose data
-    # carries its own lengths.
-    data_len = 0 if entry.template == "ima" else 4
-    return 4 + len(entry.template_hash) + 4 + len(entry.template) + data_len + len(entry.template_data)
-
-
 def _boundaries(fragment: bytes, start: int, first_index: int) -> list[int]:
     """Where each complete entry of `fragment` ends, as offsets from the start of the list.
 
@@ -111,7 +103,7 @@ def _boundaries(fragment: bytes, start: int, first_index: int) -> list[int]:
             ends.append(pos)
     else:
         for entry in log.entries:
-            pos += _record_size(entry)
+            pos += ima.binary_record_size(entry)
             ends.append(pos)
     return ends
 

@@ -458,6 +458,14 @@ def encode_binary_entry(
     return head + _U32LE.pack(len(template_data)) + template_data
 
 
+def binary_record_size(entry: ImaEntry) -> int:
+    """How many bytes `entry` takes in binary_runtime_measurements: PCR (u32), template hash,
+    name length (u32), name, then data length (u32) and data, except for the legacy "ima"
+    template, whose data carries its own lengths."""
+    data_len = 0 if entry.template == "ima" else 4
+    return 4 + len(entry.template_hash) + 4 + len(entry.template) + data_len + len(entry.template_data)
+
+
 def ascii_line(entry: ImaEntry) -> bytes:
     """The entry as the kernel prints it in ascii_runtime_measurements (without the newline)."""
     ids = entry.field_ids
@@ -773,11 +781,11 @@ def parse_binary(
         _binary_records(data, u32, size, entries, first_index=first_index, limits=limits)
         start = end
     except _Cut:
-        start = _record_offset(data, entries)
+        start = _record_offset(entries)
         if not allow_partial_tail:
             raise _malformed(f"offset {start}: entry {first_index + len(entries)}: truncated entry") from None
     except ParseError as e:
-        start = _record_offset(data, entries)
+        start = _record_offset(entries)
         raise _located(e, f"offset {start}: entry {first_index + len(entries)}") from None
     alg = _template_hash_alg(template_hash_alg, size, entries)
     return ImaLog(tuple(entries), "binary", alg, first_index, end - start)
@@ -793,15 +801,9 @@ def _byte_order(data: bytes) -> struct.Struct:
     raise _malformed("does not start with a PCR index: not an IMA measurement list")
 
 
-def _record_offset(data: bytes, entries: list[ImaEntry]) -> int:
+def _record_offset(entries: list[ImaEntry]) -> int:
     """Where the record after `entries` starts (only computed to report an error)."""
-    if not entries:
-        return 0
-    size = len(entries[0].template_hash)
-    return sum(
-        4 + size + 4 + len(e.template) + (0 if e.template == "ima" else 4) + len(e.template_data)
-        for e in entries
-    )
+    return sum(binary_record_size(e) for e in entries)
 
 
 def _binary_records(
