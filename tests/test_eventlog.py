@@ -27,6 +27,7 @@ from attest.verify.workarounds import (
     by_name,
     replay_matching,
 )
+from tests.recorded_gcp import gcp, gcp_pcrs
 
 # Real firmware certificates break RFC 5280 in ways cryptography warns about; decoding keeps them.
 pytestmark = pytest.mark.filterwarnings(
@@ -180,12 +181,10 @@ def test_a_quoted_bank_the_log_lacks_is_refused() -> None:
 
 
 def test_windows_quote_pcrs_are_reproduced_by_its_log() -> None:
-    doc = json.loads((DATA / "go-attestation/windows_gcp_shielded_vm.json").read_text())
+    doc = gcp()
     raw = base64.b64decode(doc["Log"]["Raw"])
     assert raw == (DATA / "go-attestation/windows_gcp_shielded_vm.eventlog.bin").read_bytes()
-    assert {p["DigestAlg"] for p in doc["Log"]["PCRs"]} == {3}  # Go's crypto.SHA1
-    quoted = {"sha1": {p["Index"]: base64.b64decode(p["Digest"]) for p in doc["Log"]["PCRs"]}}
-    assert replay_matching(el.parse(raw), quoted).workarounds == ()
+    assert replay_matching(el.parse(raw), gcp_pcrs(doc)).workarounds == ()
 
 
 @pytest.mark.parametrize("name", ["binary_bios_measurements-bogus", "binary_bios_measurements-empty"])

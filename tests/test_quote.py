@@ -4,9 +4,7 @@ quote, and quotes signed here with software keys so every attack can be built ex
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,9 +45,9 @@ from attest.verify.tpmstructs import (
     TpmtPublic,
     parse_tpmt_public,
 )
+from tests.recorded_gcp import gcp, gcp_pcrs
 from tests.recorded_swtpm import SWTPM_AK, SWTPM_AK_NAME, SWTPM_NONCE, SWTPM_QUOTE, SWTPM_SIG
 
-GCP = Path(__file__).parent / "data/eventlogs/go-attestation/windows_gcp_shielded_vm.json"
 EIGHT = PcrSelection.parse("sha256:0-7")
 ZEROS = PcrValues({"sha256": dict.fromkeys(range(8), bytes(32))})
 HASHES: dict[int, hashes.HashAlgorithm] = {
@@ -152,17 +150,6 @@ def test_recorded_swtpm_quote_verifies() -> None:
 def test_ak_name_matches_tpm2_createak() -> None:
     assert ak_name(SWTPM_AK) == SWTPM_AK_NAME
     assert load_ak(SWTPM_AK).name == SWTPM_AK_NAME
-
-
-def gcp() -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(GCP.read_text())
-    return doc
-
-
-def gcp_pcrs(doc: dict[str, Any]) -> PcrValues:
-    # go-attestation's DigestAlg is Go's crypto.Hash: 3 is SHA-1.
-    assert {p["DigestAlg"] for p in doc["Log"]["PCRs"]} == {3}
-    return PcrValues({"sha1": {p["Index"]: base64.b64decode(p["Digest"]) for p in doc["Log"]["PCRs"]}})
 
 
 def test_real_gcp_shielded_vm_quote_verifies() -> None:

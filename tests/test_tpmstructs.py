@@ -4,10 +4,8 @@ caller's reason code, and no input makes a parser fail any other way."""
 from __future__ import annotations
 
 import base64
-import json
 import struct
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,14 +35,8 @@ from attest.verify.tpmstructs import (
     parse_tpmt_public,
     tpm2b,
 )
+from tests.recorded_gcp import gcp
 from tests.recorded_swtpm import SWTPM_AK, SWTPM_QUOTE, SWTPM_SIG
-
-GCP = Path(__file__).parent / "data/eventlogs/go-attestation/windows_gcp_shielded_vm.json"
-
-
-def gcp() -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(GCP.read_text())
-    return doc
 
 
 def b64(s: str) -> bytes:
