@@ -9,18 +9,16 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.asymmetric import padding
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attest.errors import ParseError, VerificationError
 from attest.pcrselect import PcrSelection
 from attest.reasons import Reason
-from attest.tcg import TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE, Alg, hash_alg
+from attest.tcg import Alg
 from attest.verify.pcrs import PcrValues
 from attest.verify.quote import (
-    AK_REQUIRED,
     AkPublic,
     ak_name,
     check_ak_attributes,
@@ -34,27 +32,18 @@ from attest.verify.tpmstructs import (
     EccDetail,
     EcdsaSignature,
     ObjectAttr,
-    QuoteInfo,
     RsaDetail,
     RsaSignature,
     Scheme,
     Signature,
-    SymDef,
-    TpmlPcrSelection,
-    TpmsPcrSelection,
-    TpmtPublic,
     parse_tpmt_public,
 )
 from tests.recorded_gcp import gcp, gcp_pcrs
 from tests.recorded_swtpm import SWTPM_AK, SWTPM_AK_NAME, SWTPM_NONCE, SWTPM_QUOTE, SWTPM_SIG
+from tests.soft_tpm import SoftAk, quote_attest
 
 EIGHT = PcrSelection.parse("sha256:0-7")
 ZEROS = PcrValues({"sha256": dict.fromkeys(range(8), bytes(32))})
-HASHES: dict[int, hashes.HashAlgorithm] = {
-    Alg.SHA1: hashes.SHA1(),
-    Alg.SHA256: hashes.SHA256(),
-    Alg.SHA384: hashes.SHA384(),
-}
 
 
 def codes(result: Any) -> set[Reason]:
@@ -62,38 +51,6 @@ def codes(result: Any) -> set[Reason]:
 
 
 # --- a software "TPM": keys whose signatures the tests control ------------------------------
-
-
-class SoftAk:
-    """A key pair posing as an AK, so a test can sign exactly the structure it wants."""
-
-    def __init__(self, kind: str = "ecc", scheme: int = Alg.ECDSA, hash_id: int = Alg.SHA256) -> None:
-        self.hash_id = hash_id
-        self.scheme = scheme
-        if kind == "ecc":
-            self.ec = ec.generate_private_key(ec.SECP256R1())
-            n = self.ec.public_key().public_numbers()
-            detail: RsaDetail | EccDetail = EccDetail(
-                SymDef(), Scheme(scheme, hash_id), 3, Scheme(), n.x.to_bytes(32), n.y.to_bytes(32)
-            )
-        else:
-            self.rsa = rsa.generate_private_key(65537, 2048)
-            modulus = self.rsa.public_key().public_numbers().n.to_bytes(256)
-            detail = RsaDetail(SymDef(), Scheme(scheme, hash_id), 2048, 0, modulus)
-        self.public = TpmtPublic(Alg.SHA256, int(AK_REQUIRED), b"", detail)
-        self.kind = kind
-
-    def sign(self, message: bytes, *, scheme: int | None = None, hash_id: int | None = None) -> Signature:
-        scheme = self.scheme if scheme is None else scheme
-        hash_id = self.hash_id if hash_id is None else hash_id
-        h = HASHES[hash_id]
-        if self.kind == "ecc":
-            r, s = decode_dss_signature(self.ec.sign(message, ec.ECDSA(h)))
-            return EcdsaSignature(hash_id, r.to_bytes(32), s.to_bytes(32))
-        if scheme == Alg.RSAPSS:
-            pss = padding.PSS(padding.MGF1(h), h.digest_size)
-            return RsaSignature(scheme, hash_id, self.rsa.sign(message, pss, h))
-        return RsaSignature(scheme, hash_id, self.rsa.sign(message, padding.PKCS1v15(), h))
 
 
 def make_quote(
@@ -104,16 +61,8 @@ def make_quote(
     digest_hash: int = Alg.SHA256,
     **changes: Any,
 ) -> Attest:
-    sel = PcrSelection.parse(selection)
-    tpml = TpmlPcrSelection(tuple(TpmsPcrSelection(hash_alg(b).alg.value, p) for b, p in sel.banks))
-    attest = Attest(
-        magic=TPM_GENERATED_VALUE,
-        type=TPM_ST_ATTEST_QUOTE,
-        qualified_signer=b"\x00\x0b" + bytes(32),
-        extra_data=nonce,
-        clock_info=ClockInfo(1000, 3, 0, True),
-        firmware_version=0x2000000000001,
-        attested=QuoteInfo(tpml, values.digest(tpml, hash_alg(digest_hash))),
+    attest = quote_attest(
+        nonce, PcrSelection.parse(selection), values, ClockInfo(1000, 3, 0, True), digest_hash=digest_hash
     )
     return replace(attest, **changes)
 

@@ -3,9 +3,9 @@
 - FakeStore: the Store protocol in memory, with the semantics attest.store.api documents, and
   a `down` switch that makes every call raise StoreUnavailable.
 - TestCa: a root and an intermediate that issue EK certificates (and TLS server certificates).
-- SoftNode: a node whose TPM is software: an RSA EK (certified or not), an ECDSA AK, quotes
-  signed here over the PCRs of a simulated measured boot (swtpm.measuredboot, no TPM needed),
-  and optionally an IMA list. A test can build any attack exactly.
+- SoftNode: a node whose TPM is software: an RSA EK (certified or not), an ECDSA AK and quotes
+  (tests.soft_tpm) over the PCRs of a simulated measured boot (swtpm.measuredboot, no TPM
+  needed), and optionally an IMA list. A test can build any attack exactly.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from attest.pcrselect import PcrSelection
@@ -41,29 +40,23 @@ from attest.store.api import (
     VerdictRecord,
 )
 from attest.store.audit import make_record
-from attest.tcg import TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE, Alg, hash_alg
+from attest.tcg import Alg
 from attest.verify import eventlog
 from attest.verify.ekcert import TCG_KP_EK_CERTIFICATE
 from attest.verify.pcrs import PcrValues
 from attest.verify.policy import create_policy, dump_policy
-from attest.verify.quote import AK_REQUIRED
 from attest.verify.tpmstructs import (
-    Attest,
     ClockInfo,
-    EccDetail,
-    EcdsaSignature,
     ObjectAttr,
-    QuoteInfo,
     RsaDetail,
     Scheme,
     SymDef,
-    TpmlPcrSelection,
-    TpmsPcrSelection,
     TpmtPublic,
 )
 from attest.wire import EnrollRequest, Evidence
 from swtpm.imalog import BOOT_AGGREGATE, DEFAULT_FILES, ImaLog, boot_aggregate, make_entry
 from swtpm.measuredboot import BootProfile, SimulatedBoot, simulate_boot
+from tests.soft_tpm import SoftAk, quote_attest
 
 NOW = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
@@ -324,20 +317,6 @@ EK_ATTRS = (
 )
 
 
-class SoftAk:
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        n = self.key.public_key().public_numbers()
-        detail = EccDetail(
-            SymDef(), Scheme(Alg.ECDSA, Alg.SHA256), 3, Scheme(), n.x.to_bytes(32), n.y.to_bytes(32)
-        )
-        self.public = TpmtPublic(Alg.SHA256, int(AK_REQUIRED), b"", detail)
-
-    def sign(self, message: bytes) -> bytes:
-        r, s = decode_dss_signature(self.key.sign(message, ec.ECDSA(hashes.SHA256())))
-        return EcdsaSignature(Alg.SHA256, r.to_bytes(32), s.to_bytes(32)).marshal()
-
-
 def software_ima(boot: SimulatedBoot, files: tuple[tuple[str, bytes], ...] = DEFAULT_FILES) -> ImaLog:
     """IMA's list after `boot`: boot_aggregate over its PCRs 0-9, then `files`."""
     banks = ("sha1", "sha256")
@@ -395,17 +374,8 @@ class SoftNode:
         """A quote of `selection` over `nonce`, signed by this node's AK (or `ak`), and the logs."""
         self.clock = dataclasses.replace(self.clock, clock=self.clock.clock + 60_000)
         sel = PcrSelection.parse(selection)
-        tpml = TpmlPcrSelection(tuple(TpmsPcrSelection(hash_alg(b).alg.value, p) for b, p in sel.banks))
         values = self.pcrs().restrict(sel)
-        attest = Attest(
-            magic=TPM_GENERATED_VALUE,
-            type=TPM_ST_ATTEST_QUOTE,
-            qualified_signer=b"\x00\x0b" + bytes(32),
-            extra_data=nonce,
-            clock_info=self.clock,
-            firmware_version=0x2000000000001,
-            attested=QuoteInfo(tpml, values.digest(tpml, hash_alg(Alg.SHA256))),
-        )
+        attest = quote_attest(nonce, sel, values, self.clock)
         message = dataclasses.replace(attest, **attest_changes).marshal()
         ima = None
         if self.ima is not None:
@@ -413,7 +383,7 @@ class SoftNode:
         return Evidence(
             nonce=nonce,
             quote=message,
-            signature=(ak or self.ak).sign(message),
+            signature=(ak or self.ak).sign(message).marshal(),
             pcrs={b: {i: v.hex() for i, v in vs.items()} for b, vs in values.items()},
             eventlog=self.boot.log if with_eventlog else None,
             ima=ima,
