@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import struct
 import uuid
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attest.tcg import EventType
 from attest.verify import efi
+from tests.certs import self_signed
 
 ET = EventType
 GLOBAL = efi.EFI_GLOBAL_VARIABLE
@@ -44,23 +41,6 @@ def file_node(path: str) -> bytes:
 
 def variable(var_guid: str, name: str, value: bytes) -> bytes:
     return g(var_guid) + struct.pack("<QQ", len(name), len(value)) + name.encode("utf-16-le") + value
-
-
-def self_signed(common_name: str) -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.DER)
 
 
 def signature_list(
@@ -183,7 +163,7 @@ def test_secure_boot_under_another_guid_is_not_the_secure_boot_variable() -> Non
 
 
 def test_signature_database_with_certificates_and_hashes() -> None:
-    der = self_signed("Test PK")
+    der = self_signed("Test PK").public_bytes(serialization.Encoding.DER)
     digest = hashlib.sha256(b"image").digest()
     value = signature_list(efi.EFI_CERT_X509, [der]) + signature_list(SHA256_TYPE, [digest, bytes(32)])
     decoded = efi.decode(ET.EV_EFI_VARIABLE_DRIVER_CONFIG, variable(SECURITY_DB, "db", value))
@@ -227,7 +207,7 @@ def test_malformed_signature_lists(value: bytes, what: str) -> None:
 
 
 def test_authority_event_holds_one_signature_data() -> None:
-    der = self_signed("Test CA")
+    der = self_signed("Test CA").public_bytes(serialization.Encoding.DER)
     decoded = efi.decode(ET.EV_EFI_VARIABLE_AUTHORITY, variable(SECURITY_DB, "db", g(OWNER) + der))
     assert isinstance(decoded, efi.UefiVariable)
     assert isinstance(decoded.value, efi.SignatureData)
@@ -237,7 +217,7 @@ def test_authority_event_holds_one_signature_data() -> None:
 
 
 def test_shim_vendor_certificate_authority() -> None:
-    der = self_signed("Vendor")
+    der = self_signed("Vendor").public_bytes(serialization.Encoding.DER)
     decoded = efi.decode(ET.EV_EFI_VARIABLE_AUTHORITY, variable(efi.SHIM_LOCK, "Shim", der))
     assert isinstance(decoded, efi.UefiVariable)
     assert isinstance(decoded.value, efi.Certificate)

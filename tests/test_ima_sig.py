@@ -3,22 +3,21 @@ certificates and signatures for everything else."""
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import struct
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
-from cryptography.x509.oid import NameOID
 
 from attest.errors import ParseError, VerificationError
 from attest.reasons import Reason
 from attest.verify import ima, imasig
+from tests.certs import self_signed
 
 KEYLIME = Path(__file__).parent / "data" / "ima" / "keylime"
+SIGNER = "ima signing test"  # our own signing key's certificate
 
 # The public halves of the keys keylime signed its test entries with: keylime/keylime
 # test/data/ima_keys/rsa2048pub.pem, and the public key of test/data/ima_keys/secp256k1.pem
@@ -99,23 +98,6 @@ def test_corrupted_signatures_are_refused() -> None:
 # -- our own keys and certificates
 
 
-def _cert(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, skid: bytes | None) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ima signing test")])
-    now = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
-    if skid is not None:
-        builder = builder.add_extension(x509.SubjectKeyIdentifier(skid), critical=False)
-    return builder.sign(key, hashes.SHA256())
-
-
 def _signed(
     key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
     key_id: bytes,
@@ -152,7 +134,7 @@ def test_own_keys_from_certificates_and_key_files(
     for key in (rsa_key, ec_key):
         key_id = imasig.key_id_v2(key.public_key())
         entry = _signed(key, key_id)
-        cert = _cert(key, skid=None)
+        cert = self_signed(SIGNER, key)
         spki = key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -172,7 +154,8 @@ def test_own_keys_from_certificates_and_key_files(
 def test_key_id_from_the_certificate_subject_key_identifier(ec_key: ec.EllipticCurvePrivateKey) -> None:
     # evmctl --keyid-from-cert names the key by the last 4 bytes of the certificate's SKID.
     skid = bytes(range(16)) + b"\xca\xfe\xf0\x0d"
-    ring = imasig.KeyRing.load([_cert(ec_key, skid).public_bytes(serialization.Encoding.PEM)])
+    cert = self_signed(SIGNER, ec_key, skid=skid)
+    ring = imasig.KeyRing.load([cert.public_bytes(serialization.Encoding.PEM)])
     imasig.verify_entry_signature(_signed(ec_key, b"\xca\xfe\xf0\x0d"), ring)
     imasig.verify_entry_signature(_signed(ec_key, imasig.key_id_v2(ec_key.public_key())), ring)
 
@@ -180,7 +163,7 @@ def test_key_id_from_the_certificate_subject_key_identifier(ec_key: ec.EllipticC
 def test_same_key_id_different_key_is_refused(rsa_key: rsa.RSAPrivateKey) -> None:
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     entry = _signed(other, imasig.key_id_v2(rsa_key.public_key()))  # claims the enrolled key's id
-    ring = imasig.KeyRing.load([_cert(rsa_key, None).public_bytes(serialization.Encoding.PEM)])
+    ring = imasig.KeyRing.load([self_signed(SIGNER, rsa_key).public_bytes(serialization.Encoding.PEM)])
     assert "does not verify" in _fail(entry, ring)
 
 
