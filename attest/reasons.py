@@ -86,6 +86,15 @@ class Reason(enum.StrEnum):
     ENROLLMENT_EXPIRED = "enrollment_expired"
     ENROLLMENT_USED = "enrollment_used"
 
+    # Kubelet certificate approval (DESIGN 5.1, docs/kubernetes.md): why a CSR was denied.
+    CSR_MALFORMED = "csr_malformed"
+    # The requesting user is another node than the one the certificate would name.
+    CSR_REQUESTOR_MISMATCH = "csr_requestor_mismatch"
+    CSR_NODE_UNTRUSTED = "csr_node_untrusted"
+    CSR_NOT_BOUND = "csr_not_bound"
+    CSR_VERDICT_STALE = "csr_verdict_stale"
+    CSR_SAN_FOREIGN = "csr_san_foreign"
+
     # Fail closed: any unexpected error during appraisal.
     INTERNAL_ERROR = "internal_error"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from fastapi import FastAPI
 
@@ -22,6 +22,9 @@ from webhook.metrics import Metrics
 from webhook.middleware import BodyLimit, RequestContext
 from webhook.service import Clock, RandomBytes, Verifier, utcnow
 
+if TYPE_CHECKING:
+    from lightkube import KubeConfig
+
 # A policy with an IMA allowlist runs to megabytes; PolicyIn allows 16 MiB of text, which JSON
 # escaping makes somewhat longer.
 POLICY_BODY_LIMIT: Final = 24 * 1024 * 1024
@@ -33,7 +36,14 @@ def create_app(
     *,
     clock: Clock = utcnow,
     random_bytes: RandomBytes = secrets.token_bytes,
+    kube: KubeConfig | None = None,
 ) -> FastAPI:
+    """With `kube`, the Kubernetes controllers (webhook.k8s) run for the application's lifespan."""
+    lifespan = None
+    if kube is not None:
+        from webhook.k8s.controllers import lifespan as controllers
+
+        lifespan = controllers(settings, store, kube, clock)
     admin = Admin(store, clock)
     metrics = Metrics(node_states=admin.node_state_counts)
     app = FastAPI(
@@ -42,6 +52,7 @@ def create_app(
         summary="TPM 2.0 node attestation: enrollment, challenges, evidence, verdicts",
         docs_url=None,  # the interactive pages load scripts from a CDN: not on a security service
         redoc_url=None,
+        lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.store = store

@@ -41,6 +41,8 @@ POLICY_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _TOKEN: Final = re.compile(r"^[\x21-\x7e]{16,4096}$")
 _CERT_SUFFIXES: Final = (".pem", ".crt", ".cer", ".der")
 _MAX_CONFIG_FILE: Final = 1 * MiB
+# A Lease name is a DNS-1123 subdomain.
+_LEASE_NAME: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,13 @@ class Settings:
     max_evidence_bytes: int = MAX_EVIDENCE_BODY
     max_request_bytes: int = 1 * MiB
     log_level: str = "info"
+    # Kubernetes controllers (docs/kubernetes.md). controllers None: on when running in a cluster
+    # or given a kubeconfig (webhook.k8s.client.controllers_enabled).
+    kubeconfig: Path | None = None
+    controllers: bool | None = None
+    csr_grace: dt.timedelta = dt.timedelta(minutes=10)
+    node_taint_noexecute: bool = False
+    lease_name: str = "attest-verifier"
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,30 @@ OPTIONS: Final = (
     Option("max_evidence_bytes", "BYTES", "largest evidence request body accepted"),
     Option("max_request_bytes", "BYTES", "largest request body accepted on every other route"),
     Option("log_level", "LEVEL", f"one of {', '.join(LOG_LEVELS)}"),
+    Option(
+        "kubeconfig",
+        "FILE",
+        "kubeconfig the controllers use; without it, the pod's service account (in a cluster)",
+    ),
+    Option(
+        "controllers",
+        "BOOL",
+        "run the kubelet CSR approver and the node state controller (--no-controllers: serve only)",
+        boolean=True,
+    ),
+    Option(
+        "csr_grace",
+        "SECONDS",
+        "how long a pending kubelet CSR may wait for a fresh trusted verdict bound to its key "
+        "before it is denied",
+    ),
+    Option(
+        "node_taint_noexecute",
+        "BOOL",
+        "also taint unattested nodes unverified:NoExecute, evicting pods that do not tolerate it",
+        boolean=True,
+    ),
+    Option("lease_name", "NAME", "the Lease replicas elect the controllers' leader with, in their namespace"),
 )
 _BY_KEY: Final = {o.key: o for o in OPTIONS}
 
@@ -132,6 +165,10 @@ def default_text(key: str) -> str:
     """The default of an option as an operator would write it, for --help and the docs."""
     if key in ("ek_roots", "ek_intermediates", "admin_token_file", "tls_cert", "tls_key"):
         return "none"
+    if key == "kubeconfig":
+        return "in-cluster"
+    if key == "controllers":
+        return "on in a cluster or with --kubeconfig"
     value = getattr(Settings(), key)
     if key == "listen":
         return _join_listen(value)
@@ -350,6 +387,12 @@ def _log_level(value: str) -> dict[str, Any]:
     return {"log_level": value.lower()}
 
 
+def _lease_name(value: str) -> dict[str, Any]:
+    if len(value) > 253 or not _LEASE_NAME.match(value):
+        raise ValueError(f"{value!r} is not a DNS subdomain name (lowercase letters, digits, '-', '.')")
+    return {"lease_name": value}
+
+
 def _database(value: str) -> dict[str, Any]:
     if "://" not in value:
         raise ValueError(f"{value!r} is not a database URL (sqlite:////PATH, postgresql://...)")
@@ -373,4 +416,9 @@ _PARSERS: Final[dict[str, Callable[[Any], dict[str, Any]]]] = {
     "max_evidence_bytes": _bytes("max_evidence_bytes"),
     "max_request_bytes": _bytes("max_request_bytes"),
     "log_level": _log_level,
+    "kubeconfig": lambda v: {"kubeconfig": _existing_file(v)},
+    "controllers": _boolean("controllers"),
+    "csr_grace": _seconds("csr_grace"),
+    "node_taint_noexecute": _boolean("node_taint_noexecute"),
+    "lease_name": _lease_name,
 }
