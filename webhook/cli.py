@@ -39,6 +39,10 @@ Endpoints: the agent API under /v1 (enroll, activate, challenge, evidence), the 
 under /v1/admin (bearer token from --admin-token-file; disabled without one), /healthz,
 /readyz (the database answers), /metrics (Prometheus). docs/verifier.md has the details.
 
+In a cluster (or with --kubeconfig) it also approves kubelet CSRs for attested nodes only, and
+keeps every Node's node-restriction.kubernetes.io/attested label and unverified taint in step
+with its verdict; replicas elect one leader for that through a Lease. docs/kubernetes.md.
+
 Exit status: 0 after a clean shutdown (SIGTERM or SIGINT), 1 when serving failed,
 2 for a bad configuration (one line on stderr says what and where).
 
@@ -102,8 +106,14 @@ def serve(settings: Settings) -> int:
     from attest.store.api import StoreError
     from attest.store.sql import SqlStore
     from webhook.app import create_app
+    from webhook.k8s.client import controllers_enabled, load_config
 
     ctx = tls_context(settings)
+    kube = (
+        load_config(settings.kubeconfig)
+        if controllers_enabled(settings.controllers, settings.kubeconfig)
+        else None
+    )
     try:
         store = SqlStore.open(settings.database)
     except ValueError as e:
@@ -114,7 +124,7 @@ def serve(settings: Settings) -> int:
     try:
         host, port = settings.listen
         config = uvicorn.Config(
-            create_app(settings, store),
+            create_app(settings, store, kube=kube),
             host=host,
             port=port,
             ssl_context_factory=lambda _config, _default: ctx,
@@ -123,10 +133,17 @@ def serve(settings: Settings) -> int:
             proxy_headers=False,  # client addresses from the connection, never from a header
             server_header=False,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-            lifespan="off",
+            # The controllers start and stop with the application (webhook.k8s.controllers).
+            lifespan="on",
         )
         server = uvicorn.Server(config)
-        log.info("serving https://%s:%d (database %s)", host, port, settings.database.split("://")[0])
+        log.info(
+            "serving https://%s:%d (database %s, Kubernetes controllers %s)",
+            host,
+            port,
+            settings.database.split("://")[0],
+            "on" if kube else "off",
+        )
         # uvicorn turns SIGTERM and SIGINT into a graceful shutdown (in-flight requests finish),
         # then raises the signal again for the handler it found. That handler is this no-op, so
         # the store is closed and the exit status says the shutdown was clean.

@@ -13,6 +13,7 @@ from attest.wire import (
     API_PREFIX,
     ActivateRequest,
     Challenge,
+    ChallengeRequest,
     EnrollChallenge,
     EnrollRequest,
     EnrollResult,
@@ -46,8 +47,9 @@ def activate(enrollment_id: EnrollmentId, body: ActivateRequest, verifier: Verif
 
 
 @router.post("/nodes/{node}/challenge", responses=_ERRORS)
-def challenge(node: NodeName, verifier: VerifierDep) -> Challenge:
-    return verifier.challenge(node)
+def challenge(node: NodeName, verifier: VerifierDep, body: ChallengeRequest | None = None) -> Challenge:
+    # The body is optional: agents that bind no key (and older ones) send none.
+    return verifier.challenge(node, body)
 
 
 def _parse_evidence(body: bytes) -> Evidence:
