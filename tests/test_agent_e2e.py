@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +28,8 @@ import pytest
 from attest.verify import eventlog
 from attest.verify import ima as imalib
 from attest.verify.policy import create_policy, dump_policy
-from swtpm.imalog import ImaLog, measure_files, simulate_ima
-from swtpm.measuredboot import BootProfile, boot
+from swtpm.measuredboot import BootProfile
+from tests.swtpm_node import SwtpmNode
 from tests.test_agent_client import Pki, make_pki
 
 pytestmark = pytest.mark.swtpm
@@ -167,46 +166,15 @@ def verifier(tmp_path: Path, swtpm_ca: Any) -> Iterator[Verifier]:
         v.stop()
 
 
-@dataclass
-class Node:
-    """A booted swtpm and the files securityfs would show for it."""
+@dataclass(kw_only=True)
+class Node(SwtpmNode):
+    """A named node: a booted swtpm, the files securityfs would show for it, its agent's state."""
 
     name: str
-    tpm: Any
-    dir: Path
-    profile: BootProfile = field(default_factory=BootProfile)
-    ima_log: ImaLog | None = None
-    log: bytes = b""
-
-    @property
-    def eventlog(self) -> Path:
-        return self.dir / "binary_bios_measurements"
-
-    @property
-    def ima(self) -> Path:
-        return self.dir / "ascii_runtime_measurements"
-
-    @property
-    def boot_id(self) -> Path:
-        return self.dir / "boot_id"
 
     @property
     def state(self) -> Path:
         return self.dir / "agent-state"
-
-    def boot(self) -> None:
-        simulated = boot(self.tpm, self.profile)
-        self.log = simulated.log
-        _write(self.eventlog, simulated.log)
-        self.ima_log = simulate_ima(self.tpm.tcti)
-        _write(self.ima, self.ima_log.text().encode())
-        _write(self.boot_id, f"{uuid.uuid4()}\n".encode())
-
-    def execute(self, files: list[tuple[str, bytes]]) -> None:
-        """As the kernel does: the entries join the list, then PCR 10 is extended."""
-        assert self.ima_log is not None
-        _write(self.ima, self.ima_log.with_files(files).text().encode())
-        self.ima_log = measure_files(self.tpm.tcti, self.ima_log, files)
 
     def policy(self) -> str:
         assert self.ima_log is not None
@@ -233,20 +201,13 @@ class Node:
             "--boot-id-file",
             str(self.boot_id),
             "--container-log",
-            str(self.dir / "containers.log"),
+            str(self.container_log),
             *extra,
         ]
 
 
-def _write(path: Path, data: bytes) -> None:
-    # Atomically, as a reader of securityfs never sees a half-written list.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _node(name: str, tpm: Any, tmp_path: Path, profile: BootProfile | None = None) -> Node:
-    node = Node(name, tpm, tmp_path / name, profile or BootProfile())
+    node = Node(tpm, tmp_path / name, profile or BootProfile(), name=name)
     node.dir.mkdir()
     node.boot()
     return node

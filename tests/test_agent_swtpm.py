@@ -43,8 +43,8 @@ from attest.wire import (
     ReasonOut,
     VerdictOut,
 )
-from swtpm.imalog import measure_files, simulate_ima
-from swtpm.measuredboot import BootProfile, boot
+from swtpm.measuredboot import BootProfile
+from tests.swtpm_node import SwtpmNode
 from tests.test_agent_client import make_pki
 
 pytestmark = pytest.mark.swtpm
@@ -147,45 +147,9 @@ def _error(status: int, code: str, message: str) -> httpx.Response:
     return httpx.Response(status, content=ErrorOut(code=code, message=message).model_dump_json())
 
 
-@dataclass
-class Node:
-    """A booted swtpm with its logs in files, as securityfs would show them."""
-
-    tpm: Any
-    dir: Path
-    ima_log: Any = None
-
-    @property
-    def eventlog(self) -> Path:
-        return self.dir / "binary_bios_measurements"
-
-    @property
-    def ima(self) -> Path:
-        return self.dir / "ascii_runtime_measurements"
-
-    @property
-    def boot_id(self) -> Path:
-        return self.dir / "boot_id"
-
-    @property
-    def container_log(self) -> Path:
-        return self.dir / "containers.log"
-
-    def boot(self, profile: BootProfile | None = None) -> None:
-        simulated = boot(self.tpm, profile or BootProfile())
-        self.eventlog.write_bytes(simulated.log)
-        self.ima_log = simulate_ima(self.tpm.tcti)
-        self.ima.write_text(self.ima_log.text())
-        self.boot_id.write_text(str(uuid.uuid4()) + "\n")
-
-    def run_files(self, *names: str) -> None:
-        self.ima_log = measure_files(self.tpm.tcti, self.ima_log, [(n, n.encode()) for n in names])
-        self.ima.write_text(self.ima_log.text())
-
-
 @pytest.fixture
-def node(swtpm: Any, tmp_path: Path) -> Node:
-    n = Node(swtpm, tmp_path / "node")
+def node(swtpm: Any, tmp_path: Path) -> SwtpmNode:
+    n = SwtpmNode(swtpm, tmp_path / "node")
     n.dir.mkdir()
     n.boot()
     return n
@@ -196,7 +160,9 @@ def ca_cert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_pki(tmp_path_factory.mktemp("pki")).ca_cert
 
 
-def _agent(node: Node, verifier: VerifierDouble, ca_cert: Path, state: Path) -> tuple[Agent, io.StringIO]:
+def _agent(
+    node: SwtpmNode, verifier: VerifierDouble, ca_cert: Path, state: Path
+) -> tuple[Agent, io.StringIO]:
     config = AgentConfig(
         verifier="https://verifier.test",
         ca_cert=ca_cert,
@@ -217,7 +183,9 @@ def _events(out: io.StringIO, name: str) -> list[dict[str, Any]]:
     return [d for d in map(json.loads, out.getvalue().splitlines()) if d["event"] == name]
 
 
-def test_enrolls_once_and_reuses_the_ak_across_restarts(node: Node, ca_cert: Path, tmp_path: Path) -> None:
+def test_enrolls_once_and_reuses_the_ak_across_restarts(
+    node: SwtpmNode, ca_cert: Path, tmp_path: Path
+) -> None:
     verifier = VerifierDouble()
     state = tmp_path / "state"
     agent, out = _agent(node, verifier, ca_cert, state)
@@ -254,12 +222,14 @@ def _loaded_handles(tcti: str) -> list[int]:
     return out
 
 
-def test_ima_goes_incrementally_and_whole_after_a_reboot(node: Node, ca_cert: Path, tmp_path: Path) -> None:
+def test_ima_goes_incrementally_and_whole_after_a_reboot(
+    node: SwtpmNode, ca_cert: Path, tmp_path: Path
+) -> None:
     verifier = VerifierDouble()
     agent, out = _agent(node, verifier, ca_cert, tmp_path / "state")
     first = len(node.ima_log.entries)
     assert agent.attest().trusted
-    node.run_files("/usr/bin/crictl", "/usr/sbin/iptables")
+    node.execute([(p, p.encode()) for p in ("/usr/bin/crictl", "/usr/sbin/iptables")])
     verdict = agent.attest()
     assert verdict.trusted, verdict.reasons
     assert verdict.ima_offset == first + 2
@@ -273,7 +243,8 @@ def test_ima_goes_incrementally_and_whole_after_a_reboot(node: Node, ca_cert: Pa
     assert verifier.requests("evidence")[-1].ima == b""
 
     node.boot()  # new boot id, PCRs reset, a shorter IMA list
-    node.run_files(*(f"/opt/bin/tool{i}" for i in range(5)))  # ...now longer than before
+    tools = [f"/opt/bin/tool{i}" for i in range(5)]
+    node.execute([(p, p.encode()) for p in tools])  # ...now longer than before
     assert verifier.requests("challenge")[-1].ima_offset == first + 2
     verdict = agent.attest()
     assert verdict.trusted, verdict.reasons
@@ -286,7 +257,9 @@ def test_ima_goes_incrementally_and_whole_after_a_reboot(node: Node, ca_cert: Pa
     assert verifier.requests("evidence")[-1].ima_offset == len(node.ima_log.entries)
 
 
-def test_enrolls_again_when_the_verifier_forgets_the_node(node: Node, ca_cert: Path, tmp_path: Path) -> None:
+def test_enrolls_again_when_the_verifier_forgets_the_node(
+    node: SwtpmNode, ca_cert: Path, tmp_path: Path
+) -> None:
     verifier = VerifierDouble()
     agent, out = _agent(node, verifier, ca_cert, tmp_path / "state")
     assert agent.attest().trusted
@@ -297,7 +270,7 @@ def test_enrolls_again_when_the_verifier_forgets_the_node(node: Node, ca_cert: P
 
 
 def test_a_new_verifier_or_node_name_means_a_new_enrollment(
-    node: Node, ca_cert: Path, tmp_path: Path
+    node: SwtpmNode, ca_cert: Path, tmp_path: Path
 ) -> None:
     verifier = VerifierDouble()
     state = tmp_path / "state"
@@ -315,7 +288,9 @@ def test_a_new_verifier_or_node_name_means_a_new_enrollment(
     assert verifier.requests("enroll")[0].ak_public == verifier.requests("enroll")[1].ak_public
 
 
-def test_a_cleared_tpm_gets_a_new_ak_and_enrolls_again(node: Node, ca_cert: Path, tmp_path: Path) -> None:
+def test_a_cleared_tpm_gets_a_new_ak_and_enrolls_again(
+    node: SwtpmNode, ca_cert: Path, tmp_path: Path
+) -> None:
     from tpm2_pytss import ESYS_TR
 
     from attest.tpm import Tpm
@@ -341,9 +316,9 @@ def test_a_cleared_tpm_gets_a_new_ak_and_enrolls_again(node: Node, ca_cert: Path
 def test_an_altered_kernel_is_untrusted_with_its_reasons(swtpm: Any, ca_cert: Path, tmp_path: Path) -> None:
     """Without a policy the double appraises integrity only; lying about the event log is
     what an altered node can do, and it shows as a replay mismatch."""
-    node = Node(swtpm, tmp_path / "node")
+    node = SwtpmNode(swtpm, tmp_path / "node", BootProfile().with_kernel(b"a kernel with a rootkit"))
     node.dir.mkdir()
-    node.boot(BootProfile().with_kernel(b"a kernel with a rootkit"))
+    node.boot()
     honest_log = node.eventlog.read_bytes()
     node.eventlog.write_bytes(boot_log_of(BootProfile()))
     agent, out = _agent(node, VerifierDouble(), ca_cert, tmp_path / "state")
@@ -376,7 +351,7 @@ def _container(n: int) -> ContainerRecord:
     )
 
 
-def test_container_launches_go_with_the_evidence(node: Node, ca_cert: Path, tmp_path: Path) -> None:
+def test_container_launches_go_with_the_evidence(node: SwtpmNode, ca_cert: Path, tmp_path: Path) -> None:
     verifier = VerifierDouble(selection="sha256:0-10,23")
     measure_container(_container(1), node.container_log, node.tpm.tcti)
     # A hook that crashed after appending its record, before extending PCR 23 with it:
