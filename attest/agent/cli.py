@@ -261,6 +261,18 @@ def _add_daemon_options(p: argparse.ArgumentParser) -> None:
         help="the container launch log measure-container writes (default: %(default)s); absent: none is sent",
     )
     logs.add_argument(
+        "--bind-key",
+        metavar="FILE",
+        type=Path,
+        action="append",
+        # ATTEST_AGENT_BIND_KEY: comma-separated. The flag, when given, replaces the variable.
+        default=None,
+        help="a PEM key, certificate or CSR whose public key each challenge binds, so the verifier "
+        "approves a kubelet CSR for it (repeatable; read every round, missing files skipped): "
+        "/var/lib/kubelet/pki/kubelet-client.key.tmp while the kubelet bootstraps, "
+        "/var/lib/kubelet/pki/kubelet-client-current.pem after (docs/kubernetes.md)",
+    )
+    logs.add_argument(
         "--boot-id-file",
         metavar="PATH",
         type=Path,
@@ -308,6 +320,7 @@ def _config(args: argparse.Namespace) -> tuple[AgentConfig, EventLog]:
         ima=args.ima,
         boot_id_file=args.boot_id_file,
         container_log=args.container_log,
+        bind_keys=tuple(args.bind_key or (Path(p) for p in (_env("--bind-key") or "").split(",") if p)),
         timeout=args.timeout,
         interval=getattr(args, "interval", DEFAULT_INTERVAL),
         max_backoff=getattr(args, "max_backoff", DEFAULT_MAX_BACKOFF),

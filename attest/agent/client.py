@@ -31,6 +31,7 @@ from attest.wire import (
     API_PREFIX,
     ActivateRequest,
     Challenge,
+    ChallengeRequest,
     EnrollChallenge,
     EnrollRequest,
     EnrollResult,
@@ -247,8 +248,10 @@ class VerifierClient:
         path = f"/enroll/{_segment(enrollment_id)}/activate"
         return self._post(path, request, EnrollResult)
 
-    def challenge(self, node: str) -> Challenge:
-        return self._post(f"/nodes/{_segment(node)}/challenge", None, Challenge)
+    def challenge(self, node: str, bind: Sequence[str] = ()) -> Challenge:
+        """A nonce; with `bind` (key fingerprints) one that commits to those keys."""
+        body = ChallengeRequest(bind=list(bind)) if bind else None
+        return self._post(f"/nodes/{_segment(node)}/challenge", body, Challenge)
 
     def evidence(self, node: str, evidence: Evidence) -> VerdictOut:
         return self._post(f"/nodes/{_segment(node)}/evidence", evidence, VerdictOut)

@@ -34,6 +34,7 @@ from typing import Any, TextIO
 
 from cryptography.hazmat.primitives import serialization
 
+from attest.agent.bindkeys import read_fingerprints
 from attest.agent.client import (
     DEFAULT_TIMEOUT,
     NotEnrolled,
@@ -100,6 +101,7 @@ class AgentConfig:
     ima: Path = DEFAULT_IMA
     boot_id_file: Path = DEFAULT_BOOT_ID
     container_log: Path = DEFAULT_CONTAINER_LOG
+    bind_keys: tuple[Path, ...] = ()  # key files whose fingerprints each challenge binds (bindkeys)
     timeout: float = DEFAULT_TIMEOUT
     interval: float = DEFAULT_INTERVAL
     max_backoff: float = DEFAULT_MAX_BACKOFF
@@ -367,9 +369,23 @@ class Agent:
                 restarted=done.restarted,
             )
 
+    def _bind_keys(self) -> list[str]:
+        # Read every round: the kubelet replaces its key files as its TLS bootstrap progresses.
+        if not self.config.bind_keys:
+            return []
+        found, problems = read_fingerprints(self.config.bind_keys)
+        for path, why in problems.items():
+            self.log.warning("bind.skipped", message=f"--bind-key not used: {why}", path=path)
+        return found
+
     def _round(self, ak: AttestationKey) -> VerdictOut:
         node, cfg = self.config.node, self.config
-        challenge = self.client.challenge(node)
+        bind = self._bind_keys()
+        challenge = self.client.challenge(node, bind)
+        if set(challenge.bound_keys) != set(bind):
+            self.log.warning(
+                "bind.ignored", message="the verifier did not bind the keys: it predates key binding"
+            )
         try:
             selection = PcrSelection.parse(challenge.selection)
         except ValueError as e:
@@ -428,6 +444,7 @@ class Agent:
             "ima_sent": sent if snapshot is not None and not snapshot.whole else None,
             "ima_accepted": verdict.ima_offset if snapshot is not None else None,
             "containers_sent": container_log.count(b"\n") if container_log is not None else None,
+            "bound_keys": len(bind) or None,
             "reboot": verdict.reboot or rebooted,
             "workarounds": verdict.workarounds or None,
             "expires_at": verdict.expires_at,
