@@ -15,8 +15,10 @@ from pathlib import Path
 from attest.pcrselect import PcrSelection
 from attest.verify import eventlog, ima
 from attest.verify.appraise import Evidence, Expectations, Verdict, appraise
+from attest.verify.pcrs import PcrValues
 from attest.verify.quote import load_ak
-from bench.softquote import SoftAk, nonce_for
+from attest.verify.tpmstructs import ClockInfo
+from swtpm.softtpm import SoftAk, quote_attest
 
 EVENTLOG = Path(__file__).parent.parent / "tests/data/eventlogs/tpm2-tools/event-bootorder.bin"
 
@@ -31,6 +33,10 @@ def _ima_list(entries: int, boot_pcrs: dict[int, bytes]) -> bytes:
         data = ima.encode_template_data("ima-ng", "sha256", hashlib.sha256(content).digest(), path)
         records.append(ima.encode_binary_entry("ima-ng", data))
     return b"".join(records)
+
+
+def nonce_for(i: int) -> bytes:
+    return hashlib.sha256(i.to_bytes(8, "big")).digest()
 
 
 def _rate(label: str, n: int, fn: Callable[[int], object]) -> tuple[str, float]:
@@ -57,15 +63,19 @@ def run(rounds: int, ima_entries: int) -> list[tuple[str, float, str]]:
     def case(
         selection: PcrSelection, pcrs: Mapping[str, Mapping[int, bytes]], send_log: bool, send_ima: bool
     ) -> Callable[[int], object]:
-        quotes = [ak.quote(nonce_for(i), selection, pcrs) for i in range(rounds + 1)]
+        values = PcrValues({bank: {p: pcrs[bank][p] for p in indices} for bank, indices in selection.banks})
+        quotes = []
+        for i in range(rounds + 1):
+            attest = quote_attest(nonce_for(i), selection, values, ClockInfo(1000 + i, 1, 0, True)).marshal()
+            quotes.append((attest, ak.sign(attest).marshal()))
 
         def one(i: int) -> Verdict:
-            q = quotes[i]
+            attest, signature = quotes[i]
             verdict = appraise(
                 Evidence(
-                    q.attest,
-                    q.signature,
-                    q.pcrs,
+                    attest,
+                    signature,
+                    values,
                     log_bytes if send_log else None,
                     ima_bytes if send_ima else None,
                 ),

@@ -1,6 +1,7 @@
-"""A TPM's signing side in software: AKs whose signatures a test controls and quotes built with
-the exact TPM structures, so that a test can sign precisely the structure it wants (a valid
-quote, or any attack on one) without a TPM."""
+"""A TPM's signing side in software, for tests and benchmarks: AKs whose signatures the caller
+controls, and quotes built with the exact TPM structures, so a test can sign precisely the
+structure it wants (a valid quote, or any attack on one) and a benchmark can measure the
+verifier without a TPM's 100-700 ms per quote."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from attest.verify.tpmstructs import (
 )
 
 HASHES: dict[int, hashes.HashAlgorithm] = {
-    Alg.SHA1: hashes.SHA1(),
+    Alg.SHA1: hashes.SHA1(),  # noqa: S303 - to sign the SHA-1 quotes the verifier must refuse
     Alg.SHA256: hashes.SHA256(),
     Alg.SHA384: hashes.SHA384(),
 }

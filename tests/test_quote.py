@@ -38,9 +38,9 @@ from attest.verify.tpmstructs import (
     Signature,
     parse_tpmt_public,
 )
+from swtpm.softtpm import SoftAk, quote_attest
 from tests.recorded_gcp import gcp, gcp_pcrs
 from tests.recorded_swtpm import SWTPM_AK, SWTPM_AK_NAME, SWTPM_NONCE, SWTPM_QUOTE, SWTPM_SIG
-from tests.soft_tpm import SoftAk, quote_attest
 
 EIGHT = PcrSelection.parse("sha256:0-7")
 ZEROS = PcrValues({"sha256": dict.fromkeys(range(8), bytes(32))})

@@ -56,7 +56,7 @@ from attest.verify.tpmstructs import (
 from attest.wire import EnrollRequest, Evidence
 from swtpm.imalog import BOOT_AGGREGATE, DEFAULT_FILES, ImaLog, boot_aggregate, make_entry
 from swtpm.measuredboot import BootProfile, SimulatedBoot, simulate_boot
-from tests.soft_tpm import SoftAk, quote_attest
+from swtpm.softtpm import SoftAk, quote_attest
 
 NOW = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
