@@ -264,3 +264,40 @@ def test_agent_quote_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureF
             main(["quote", *bad, "--out", str(tmp_path)])
         assert exit_.value.code == 2
         assert "Traceback" not in capsys.readouterr().err
+
+
+def test_quote_over_a_simulated_boot_checks_out_with_tpm2_tools(swtpm_booted: Any, tmp_path: Path) -> None:
+    """The agent's quote of a measured boot: tpm2_checkquote accepts it, and the PCR values it
+    signed are the ones tpm2_eventlog replays from the boot's event log."""
+    import yaml
+
+    from attest.agent.cli import main
+    from attest.verify.pcrs import load_pcr_file
+
+    out = tmp_path / "q"
+    nonce = "b007" * 8
+    assert main(["quote", "--tcti", swtpm_booted.tpm.tcti, "--state-dir", str(tmp_path / "state"),
+                 "--nonce", nonce, "--pcrs", "sha1:0-9+sha256:0-9", "--out", str(out)]) == 0  # fmt: skip
+    checked = subprocess.run(
+        ["tpm2_checkquote", "-u", out / "ak.pub", "-m", out / "quote.msg", "-s", out / "quote.sig",
+         "-f", out / "pcrs.bin", "-g", "sha256", "-q", nonce],
+        check=False, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    quoted = load_pcr_file((out / "pcrs.bin").read_bytes())
+    replay = subprocess.run(
+        ["tpm2_eventlog", str(swtpm_booted.eventlog_path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    replayed = yaml.safe_load(replay.stdout)["pcrs"]
+    for bank in ("sha1", "sha256"):
+        for pcr in range(10):
+            value = replayed[bank][pcr]
+            # tpm2_eventlog prints PCRs as YAML hex integers: leading zero bytes are lost.
+            expected = (value if isinstance(value, int) else int(str(value), 16)).to_bytes(
+                len(quoted[bank][pcr]), "big"
+            )
+            assert quoted[bank][pcr] == expected, (bank, pcr)
