@@ -95,6 +95,23 @@ class Reason(enum.StrEnum):
     CSR_VERDICT_STALE = "csr_verdict_stale"
     CSR_SAN_FOREIGN = "csr_san_foreign"
 
+    # Kubernetes admission (DESIGN 5.3, docs/admission.md): why the webhook refused a request.
+    # The review or its object is not what kube-apiserver sends (answered 400, not a decision).
+    ADMISSION_REVIEW_MALFORMED = "admission_review_malformed"
+    # A resource or operation the webhook path does not judge: its configuration is wrong.
+    ADMISSION_REQUEST_UNEXPECTED = "admission_request_unexpected"
+    ADMISSION_NODE_MISMATCH = "admission_node_mismatch"
+    ADMISSION_LABEL_FORBIDDEN = "admission_label_forbidden"
+    ADMISSION_TAINT_MISSING = "admission_taint_missing"
+    ADMISSION_TAINT_REMOVED = "admission_taint_removed"
+    ADMISSION_CSR_MALFORMED = "admission_csr_malformed"
+    ADMISSION_NODE_UNATTESTED = "admission_node_unattested"
+    ADMISSION_NODE_UNTRUSTED = "admission_node_untrusted"
+    ADMISSION_NODE_STALE = "admission_node_stale"
+    ADMISSION_IMAGE_NOT_PINNED = "admission_image_not_pinned"
+    ADMISSION_IMAGE_NOT_ALLOWED = "admission_image_not_allowed"
+    ADMISSION_STORE_UNAVAILABLE = "admission_store_unavailable"
+
     # Fail closed: any unexpected error during appraisal.
     INTERNAL_ERROR = "internal_error"
 

@@ -16,9 +16,10 @@ import base64
 import binascii
 import datetime as dt
 import re
-from typing import Annotated, Any, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic.alias_generators import to_camel
 
 API_PREFIX = "/v1"
 
@@ -274,3 +275,175 @@ ADMISSION_NODES = API_PREFIX + "/admission/nodes"  # Node CREATE, UPDATE
 ADMISSION_CSRS = API_PREFIX + "/admission/csrs"  # CertificateSigningRequest CREATE
 ADMISSION_PODS = API_PREFIX + "/admission/pods"  # Pod CREATE/UPDATE, pods/binding, pods/ephemeralcontainers
 ADMISSION_PATHS = (ADMISSION_NODES, ADMISSION_CSRS, ADMISSION_PODS)
+
+
+# --- Kubernetes admission (AdmissionReview v1) --------------------------------------------
+#
+# What kube-apiserver posts to the paths above, and what it takes back. Unlike the agent API's
+# requests, these models ignore unknown fields: the API server is not ours, each Kubernetes
+# release adds fields, and refusing them would turn an upgrade into every admission failing
+# closed. Only the fields a decision reads are modelled, with the bounds Kubernetes itself
+# enforces (names 253, namespaces 63); everything else is bounded by the request body limit.
+# The object under review stays a mapping until the decision knows what it must be.
+
+MAX_CSR_PEM = 64 * 1024  # a kubelet's CSR is under 1 KiB even with an RSA-4096 key
+
+
+def _none_as_empty(empty: Any) -> Any:
+    # Go marshals a nil slice or map as null where omitempty is missing: the same as empty.
+    return BeforeValidator(lambda v: empty() if v is None else v)
+
+
+class K8sModel(BaseModel):
+    """Kubernetes JSON: camelCase keys, unknown fields ignored, immutable once parsed."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+
+K8sName = Annotated[str, Field(max_length=253)]
+K8sNamespace = Annotated[str, Field(max_length=63)]
+K8sList = Annotated[list[str], _none_as_empty(list)]
+K8sLabels = Annotated[dict[str, str], _none_as_empty(dict)]
+
+
+class GroupVersionResource(K8sModel):
+    group: str = ""
+    version: str = ""
+    resource: str = ""
+
+
+class UserInfo(K8sModel):
+    username: str = ""
+    groups: K8sList = []
+
+
+class AdmissionRequest(K8sModel):
+    uid: Annotated[str, Field(min_length=1, max_length=128)]
+    resource: GroupVersionResource
+    sub_resource: str = ""
+    name: K8sName = ""
+    namespace: K8sNamespace = ""
+    operation: str
+    user_info: UserInfo
+    obj: dict[str, Any] | None = Field(default=None, alias="object")
+    old_object: dict[str, Any] | None = None
+    dry_run: bool = False
+
+
+class AdmissionReview(K8sModel):
+    """The body kube-apiserver posts: another version, or no uid, is a 400."""
+
+    api_version: Literal["admission.k8s.io/v1"]
+    kind: Literal["AdmissionReview"]
+    request: AdmissionRequest
+
+
+class ObjectMeta(K8sModel):
+    name: K8sName = ""
+    namespace: K8sNamespace = ""
+    labels: K8sLabels = {}
+
+
+class Taint(K8sModel):
+    key: str
+    value: str = ""
+    effect: str = ""
+
+
+class NodeSpec(K8sModel):
+    taints: Annotated[list[Taint], _none_as_empty(list)] = []
+
+
+class NodeObject(K8sModel):
+    metadata: ObjectMeta
+    spec: NodeSpec = NodeSpec()
+
+
+class Container(K8sModel):
+    """A container, init container or ephemeral container: its image is what runs."""
+
+    name: str = ""
+    image: str = ""
+
+
+class ImageVolumeSource(K8sModel):
+    reference: str = ""
+
+
+class Volume(K8sModel):
+    """An image volume mounts an image's content into the pod: judged like a container's image."""
+
+    name: str = ""
+    image: ImageVolumeSource | None = None
+
+
+class PodSpec(K8sModel):
+    node_name: K8sName = ""
+    containers: Annotated[list[Container], _none_as_empty(list)] = []
+    init_containers: Annotated[list[Container], _none_as_empty(list)] = []
+    ephemeral_containers: Annotated[list[Container], _none_as_empty(list)] = []
+    volumes: Annotated[list[Volume], _none_as_empty(list)] = []
+
+
+class PodObject(K8sModel):
+    metadata: ObjectMeta
+    spec: PodSpec
+
+
+class ObjectReference(K8sModel):
+    kind: str = ""
+    name: K8sName = ""
+
+
+class BindingObject(K8sModel):
+    """pods/binding: the scheduler (or anyone with that right) places pod metadata.name on target.name."""
+
+    metadata: ObjectMeta
+    target: ObjectReference
+
+
+class CsrSpec(K8sModel):
+    # []byte in Go, so base64 in JSON; the PEM inside is judged by the decision, not here.
+    request: Annotated[bytes, BeforeValidator(_b64_decoder(MAX_CSR_PEM))]
+    signer_name: str
+    usages: K8sList = []
+    username: str = ""
+
+
+class CsrObject(K8sModel):
+    metadata: ObjectMeta
+    spec: CsrSpec
+
+
+class StatusCause(K8sModel):
+    reason: str  # a reason code
+    message: str
+    field: str | None = None  # "spec.containers[0].image"
+
+
+class StatusDetails(K8sModel):
+    causes: list[StatusCause] = []
+
+
+class AdmissionStatus(K8sModel):
+    """metav1.Status of a refusal: kubectl prints `Error from server (<reason>): ... <message>`."""
+
+    status: Literal["Failure"] = "Failure"
+    code: int
+    reason: str  # metav1.StatusReason: Forbidden, ServiceUnavailable
+    message: str
+    details: StatusDetails | None = None
+
+
+class AdmissionResponse(K8sModel):
+    # Never patch or patchType: the API server refuses a patch from a validating webhook.
+    uid: str  # the request's: the API server refuses any other
+    allowed: bool
+    status: AdmissionStatus | None = None
+    warnings: list[str] | None = None
+
+
+class AdmissionReviewOut(K8sModel):
+    api_version: Literal["admission.k8s.io/v1"] = "admission.k8s.io/v1"
+    kind: Literal["AdmissionReview"] = "AdmissionReview"
+    response: AdmissionResponse

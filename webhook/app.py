@@ -15,7 +15,8 @@ from fastapi import FastAPI
 
 from attest import __version__
 from attest.store.api import Store
-from webhook import errors, health, routes_admin, routes_agent
+from attest.wire import ADMISSION_PATHS
+from webhook import errors, health, routes_admin, routes_admission, routes_agent
 from webhook.admin import Admin
 from webhook.config import Settings
 from webhook.metrics import Metrics
@@ -58,21 +59,25 @@ def create_app(
     app.state.store = store
     app.state.metrics = metrics
     app.state.admin = admin
+    app.state.clock = clock
     app.state.verifier = Verifier(settings, store, metrics, clock=clock, random_bytes=random_bytes)
 
     errors.install(app)
     app.include_router(routes_agent.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_admission.router)
     app.include_router(health.router)
 
     evidence = re.compile(re.sub(r"\{[a-z_]+\}", "[^/]+", routes_agent.EVIDENCE_PATH))
     policies = re.compile(re.escape(routes_admin.POLICIES_PATH))
+    admission = re.compile("|".join(re.escape(p) for p in ADMISSION_PATHS))
     app.add_middleware(
         BodyLimit,
         default_limit=settings.max_request_bytes,
         limits=[
             (evidence, settings.max_evidence_bytes),
             (policies, max(settings.max_request_bytes, POLICY_BODY_LIMIT)),
+            (admission, max(settings.max_request_bytes, routes_admission.ADMISSION_BODY_LIMIT)),
         ],
         on_reject=lambda reason: metrics.requests_rejected.labels(reason).inc(),
     )

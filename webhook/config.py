@@ -41,6 +41,8 @@ POLICY_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _TOKEN: Final = re.compile(r"^[\x21-\x7e]{16,4096}$")
 _CERT_SUFFIXES: Final = (".pem", ".crt", ".cer", ".der")
 _MAX_CONFIG_FILE: Final = 1 * MiB
+FRESHNESS_EXPIRY: Final = "expiry"
+_NAMESPACE: Final = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # A Lease name is a DNS-1123 subdomain.
 _LEASE_NAME: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -65,6 +67,9 @@ class Settings:
     max_evidence_bytes: int = MAX_EVIDENCE_BODY
     max_request_bytes: int = 1 * MiB
     log_level: str = "info"
+    # None: admission takes a trusted verdict until it expires (verdict_ttl); else also only this long.
+    admission_freshness: dt.timedelta | None = None
+    admission_exempt_namespaces: tuple[str, ...] = ("kube-system", "attest-system")
     # Kubernetes controllers (docs/kubernetes.md). controllers None: on when running in a cluster
     # or given a kubeconfig (webhook.k8s.client.controllers_enabled).
     kubeconfig: Path | None = None
@@ -134,6 +139,19 @@ OPTIONS: Final = (
     Option("max_request_bytes", "BYTES", "largest request body accepted on every other route"),
     Option("log_level", "LEVEL", f"one of {', '.join(LOG_LEVELS)}"),
     Option(
+        "admission_freshness",
+        "SECONDS",
+        f"'{FRESHNESS_EXPIRY}': admission takes a trusted verdict until it expires (--verdict-ttl); "
+        "SECONDS: only while it is also younger than that",
+    ),
+    Option(
+        "admission_exempt_namespaces",
+        "NAMESPACE",
+        "namespaces whose pods admission does not judge, as the webhook's namespaceSelector "
+        "exempts them (repeatable)",
+        multiple=True,
+    ),
+    Option(
         "kubeconfig",
         "FILE",
         "kubeconfig the controllers use; without it, the pod's service account (in a cluster)",
@@ -178,6 +196,10 @@ def default_text(key: str) -> str:
         return f"{value.total_seconds():g}"
     if isinstance(value, bool):
         return str(value).lower()
+    if key == "admission_freshness" and value is None:
+        return FRESHNESS_EXPIRY
+    if isinstance(value, tuple):
+        return ",".join(value)
     return str(value)
 
 
@@ -393,6 +415,24 @@ def _lease_name(value: str) -> dict[str, Any]:
     return {"lease_name": value}
 
 
+def _freshness(value: str) -> dict[str, Any]:
+    if value.strip().lower() == FRESHNESS_EXPIRY:
+        return {"admission_freshness": None}
+    try:
+        return _seconds("admission_freshness")(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is neither {FRESHNESS_EXPIRY!r} nor a positive number of seconds"
+        ) from None
+
+
+def _namespaces(values: Sequence[str]) -> dict[str, Any]:
+    for value in values:
+        if not _NAMESPACE.match(value):
+            raise ValueError(f"{value!r} is not a namespace name")
+    return {"admission_exempt_namespaces": tuple(dict.fromkeys(values))}
+
+
 def _database(value: str) -> dict[str, Any]:
     if "://" not in value:
         raise ValueError(f"{value!r} is not a database URL (sqlite:////PATH, postgresql://...)")
@@ -416,6 +456,8 @@ _PARSERS: Final[dict[str, Callable[[Any], dict[str, Any]]]] = {
     "max_evidence_bytes": _bytes("max_evidence_bytes"),
     "max_request_bytes": _bytes("max_request_bytes"),
     "log_level": _log_level,
+    "admission_freshness": _freshness,
+    "admission_exempt_namespaces": _namespaces,
     "kubeconfig": lambda v: {"kubeconfig": _existing_file(v)},
     "controllers": _boolean("controllers"),
     "csr_grace": _seconds("csr_grace"),

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 NODE_STATES: Final = ("trusted", "untrusted", "stale", "enrolled", "revoked")
 # Appraisal of a full boot log takes milliseconds; a large IMA list, seconds.
 _APPRAISAL_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# An admission decision is a read or two of the store: about a millisecond, unless it is in trouble.
+_ADMISSION_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class _NodeStates(Collector):
@@ -82,7 +84,25 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.admission_decisions = Counter(
+            "attest_admission_decisions",
+            "Admission decisions by resource (pods/binding, ...), allowed, and first reason code",
+            ["resource", "allowed", "reason"],
+            registry=self.registry,
+        )
+        self.admission_seconds = Histogram(
+            "attest_admission_seconds",
+            "Time to decide one admission request, its store reads included",
+            ["resource"],
+            buckets=_ADMISSION_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_NodeStates(node_states))
+
+    def admission(self, resource: str, allowed: bool, reason: str | None, seconds: float) -> None:
+        # Dry runs are counted too: they cost the same, and the label set stays small.
+        self.admission_decisions.labels(resource, str(allowed).lower(), reason or "none").inc()
+        self.admission_seconds.labels(resource).observe(seconds)
 
     def attestation(self, result: str, reasons: list[str]) -> None:
         self.attestations.labels(result, reasons[0] if reasons else "none").inc()
