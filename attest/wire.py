@@ -233,6 +233,20 @@ class EkOut(Response):
     revoked_at: dt.datetime | None = None
 
 
+class ContainerOut(Response):
+    """One container launch the last verdict proved (PCR 23 log entry, docs/containers.md)."""
+
+    index: int
+    time: str
+    container_id: str
+    pod: str
+    namespace: str
+    container: str
+    image: str
+    image_digest: str
+    runtime: str
+
+
 class NodeOut(Response):
     name: NodeName
     state: str  # "trusted", "untrusted", "stale", "enrolled", "revoked"
@@ -242,6 +256,7 @@ class NodeOut(Response):
     expires_at: dt.datetime | None = None
     reasons: list[ReasonOut] = []
     policy: str | None = None
+    containers: list[ContainerOut] = []  # what ran, as far as the last verdict's quote proves
 
 
 class PolicyIn(Request):

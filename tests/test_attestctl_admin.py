@@ -480,3 +480,20 @@ def test_ek_public_key_formats(tmp_path: Path) -> None:
         load_ek_public(template.marshal_tpm2b(), "ek")
     with pytest.raises(UsageError, match="not a DER SubjectPublicKeyInfo"):
         load_ek_public(b"\x30\x03\x02\x01\x00", "ek")
+
+
+def test_node_show_lists_what_ran(
+    serve: Callable[[Handler], list[httpx.Request]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    launch = {
+        "index": 0, "time": "2026-11-28T12:00:00Z", "container_id": "ab" * 32, "pod": "web-1",
+        "namespace": "shop", "container": "nginx", "image": "registry.example/nginx:1.27",
+        "image_digest": "sha256:" + "cd" * 32, "runtime": "cri-o",
+    }  # fmt: skip
+    serve(lambda _req: httpx.Response(200, json=_node("w1", "trusted", containers=[launch])))
+    code, out, _ = _run(capsys, "node", "show", "w1")
+    assert code == 0
+    assert "containers (1, as proven by the last quote):" in out
+    assert (
+        f"  shop/web-1 nginx: registry.example/nginx:1.27 sha256:{'cd' * 32} at 2026-11-28T12:00:00Z" in out
+    )

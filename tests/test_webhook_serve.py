@@ -203,6 +203,8 @@ def test_container_launch_trail_is_replayed_and_judged(
         launch("web", allowed)
         verdict = attest()
         assert verdict["trusted"] is True, verdict["reasons"]
+        ran = client.get("/v1/admin/nodes/worker-1", headers=ADMIN).json()["containers"]
+        assert [(c["pod"], c["image_digest"]) for c in ran] == [("web-pod", allowed)]
 
         launch("miner", "sha256:" + "66" * 32)
         verdict = attest()

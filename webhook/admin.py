@@ -21,6 +21,7 @@ from attest.verify.policy import load_policy
 from attest.verify.tpmstructs import PublicKey
 from attest.wire import (
     AuditRecordOut,
+    ContainerOut,
     EkEnrollRequest,
     EkOut,
     NodeOut,
@@ -61,6 +62,9 @@ def node_out(node: NodeRecord, now: dt.datetime) -> NodeOut:
         expires_at=verdict.expires_at if verdict else None,
         reasons=[ReasonOut.model_validate(r) for r in verdict.reasons] if verdict else [],
         policy=verdict.policy if verdict else None,
+        containers=[ContainerOut.model_validate(c) for c in verdict.detail.get("containers", [])]
+        if verdict
+        else [],
     )
 
 

@@ -137,6 +137,11 @@ def _print_node(node: NodeOut) -> None:
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
         print(f"{key:<{width}}  {value}")
+    if node.containers:
+        print(f"containers ({len(node.containers)}, as proven by the last quote):")
+        for c in node.containers:
+            digest = c.image_digest or "(no digest)"
+            print(f"  {c.namespace}/{c.pod} {c.container}: {c.image} {digest} at {c.time}")
     if not node.reasons:
         return
     print(f"reasons ({len(node.reasons)}):")
