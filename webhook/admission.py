@@ -20,9 +20,6 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Final, TypeVar
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ValidationError
 
 from attest.errors import ParseError
@@ -44,28 +41,26 @@ from attest.wire import (
     PodObject,
     StatusCause,
     StatusDetails,
-    valid_node_name,
 )
 from webhook.config import Settings
+from webhook.kubelet_csr import (
+    NODE_USER_PREFIX,
+    SERVING_SIGNER,
+    SIGNERS,
+    MalformedKubeletCsr,
+    parse_kubelet_csr,
+)
 
 log = logging.getLogger(__name__)
 
 NodeLookup = Callable[[str], NodeRecord | None]
 PolicyLookup = Callable[[], Policy | None]
 
-NODE_USER_PREFIX: Final = "system:node:"
-NODES_GROUP: Final = "system:nodes"
 # The taint every kubelet registers with and only the verifier lifts (node-registration-policy.yaml).
 UNVERIFIED_TAINT: Final = ("unverified", "NoSchedule")
 # Labels under this domain (and its subdomains) are the cluster's to set, never a kubelet's;
 # node-restriction.kubernetes.io/attested is the verifier's.
 RESTRICTED_LABEL_DOMAIN: Final = "node-restriction.kubernetes.io"
-CLIENT_SIGNER: Final = "kubernetes.io/kube-apiserver-client-kubelet"
-SERVING_SIGNER: Final = "kubernetes.io/kubelet-serving"
-# What kubelets put in spec.usages: key encipherment only with an RSA key (an ECDSA key cannot
-# encipher). The lists are exact: a kubelet never asks for more, nor for less.
-_CSR_USAGES: Final = {CLIENT_SIGNER: "client auth", SERVING_SIGNER: "server auth"}
-MIN_RSA_BITS: Final = 2048
 # Digest-pinned: the runtime fetches this content and nothing else (the container log's digests).
 _PINNED: Final = re.compile(r"@(?P<digest>sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
 # A cause per problem is returned; a pod with thousands of bad images gets the first ones.
@@ -334,62 +329,14 @@ def _csr_malformed(message: str, field: str = "spec.request") -> Decision:
 def _judge_csr(request: AdmissionRequest) -> Decision:
     spec = _parse(CsrObject, request.obj, "object").spec
     signer = spec.signer_name
-    if signer not in _CSR_USAGES:
+    if signer not in SIGNERS:
         # Not a kubelet's signer (the webhook's matchConditions leave these out anyway): the
         # verifier neither approves nor judges them.
         return Decision("certificatesigningrequests")
     try:
-        csr = x509.load_pem_x509_csr(spec.request)
-    except ValueError:
-        return _csr_malformed("spec.request is not a PEM certificate request")
-    if not csr.is_signature_valid:
-        return _csr_malformed("the certificate request is not signed by the key it names")
-
-    cns = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    orgs = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
-    node = str(cns[0]).removeprefix(NODE_USER_PREFIX) if len(cns) == 1 else ""
-    if (
-        len(list(csr.subject)) != 2
-        or orgs != [NODES_GROUP]
-        or cns != [NODE_USER_PREFIX + node]
-        or not valid_node_name(node)
-    ):
-        return _csr_malformed(
-            f"the subject is {csr.subject.rfc4514_string()!r}, not exactly "
-            f"O={NODES_GROUP}, CN={NODE_USER_PREFIX}<node name>"
-        )
-
-    key = csr.public_key()
-    if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < MIN_RSA_BITS:
-            return _csr_malformed(f"an RSA key of {key.key_size} bits, less than {MIN_RSA_BITS}")
-    elif not (isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)):
-        return _csr_malformed("the key is neither EC P-256 nor RSA of 2048 bits or more")
-
-    wanted = ["digital signature", _CSR_USAGES[signer]]
-    if isinstance(key, rsa.RSAPublicKey):
-        wanted.insert(1, "key encipherment")
-    if sorted(spec.usages) != sorted(wanted):
-        return _csr_malformed(
-            f"usages {spec.usages} are not what a kubelet asks {signer} for ({', '.join(wanted)})",
-            "spec.usages",
-        )
-
-    sans: list[x509.GeneralName] = []
-    try:
-        sans = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
-    except x509.ExtensionNotFound:
-        pass
-    except ValueError:  # a duplicated or undecodable extension
-        return _csr_malformed("the certificate request's extensions do not parse")
-    if signer == CLIENT_SIGNER and sans:
-        return _csr_malformed("a kubelet client certificate request names no subject alternative names")
-    if signer == SERVING_SIGNER and (
-        not sans or not all(isinstance(n, (x509.DNSName, x509.IPAddress)) for n in sans)
-    ):
-        return _csr_malformed(
-            "a kubelet serving certificate request names DNS names or IP addresses, and only those"
-        )
+        node = parse_kubelet_csr(signer, spec.request, spec.usages).node
+    except MalformedKubeletCsr as e:
+        return _csr_malformed(e.message, e.field)
 
     # The API server sets the requester (spec.username too) from the authenticated user.
     requester = request.user_info.username

@@ -3,9 +3,11 @@ cluster's signer may sign.
 
 A CSR of one of the two kubelet signers is approved only when all of this holds:
 
-- it is the CSR a kubelet files (subject `O=system:nodes, CN=system:node:<name>`, the signer's
-  usages; no SANs on a client certificate, DNS/IP SANs only on a serving one), signed by its key,
-  and filed by that node itself or, for a client certificate, by a bootstrap identity;
+- it is the CSR a kubelet files, by the rules the admission webhook enforces too
+  (webhook.kubelet_csr: subject `O=system:nodes, CN=system:node:<name>`, an EC P-256 or RSA
+  >= 2048 key, exactly the usages a kubelet asks for, no SANs on a client certificate, DNS/IP
+  SANs only on a serving one), signed by its key, and filed by that node itself or, for a client
+  certificate, by a bootstrap identity;
 - the node's latest verdict is trusted, still fresh, and was appraised after the CSR was filed
   (so a renewal needs a new attestation, not the one that got the last certificate);
 - that appraisal's nonce committed to the CSR's public key (`bound_keys`, webhook.service): the
@@ -31,16 +33,12 @@ import contextlib
 import dataclasses
 import datetime as dt
 import enum
-import hashlib
 import ipaddress
 import logging
 from collections.abc import Callable
 from typing import Final
 
 import httpx2
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtensionOID, NameOID
 from lightkube import AsyncClient
 from lightkube.models.certificates_v1 import (
     CertificateSigningRequestCondition,
@@ -51,29 +49,26 @@ from lightkube.resources.core_v1 import Node
 
 from attest.reasons import Reason
 from attest.store.api import NodeRecord, Store, StoreError
-from attest.wire import valid_node_name
 from webhook.k8s.informer import DEFAULT_BACKOFF, Backoff, Informer, status_code
+from webhook.kubelet_csr import (
+    CLIENT_SIGNER,
+    NODE_USER_PREFIX,
+    SERVING_SIGNER,
+    SIGNERS,
+    IpAddress,
+    KubeletCsr,
+    MalformedKubeletCsr,
+    parse_kubelet_csr,
+)
 
 log = logging.getLogger(__name__)
 
-CLIENT_SIGNER: Final = "kubernetes.io/kube-apiserver-client-kubelet"
-SERVING_SIGNER: Final = "kubernetes.io/kubelet-serving"
-SIGNERS: Final = frozenset({CLIENT_SIGNER, SERVING_SIGNER})
 APPROVED_REASON: Final = "AttestedNode"
-NODE_USER_PREFIX: Final = "system:node:"
-NODES_GROUP: Final = "system:nodes"
 HOSTNAME_LABEL: Final = "kubernetes.io/hostname"
-# (allowed usages, the one required) per signer, as the kube-controller-manager signer checks them.
-USAGES: Final = {
-    CLIENT_SIGNER: (frozenset({"digital signature", "key encipherment", "client auth"}), "client auth"),
-    SERVING_SIGNER: (frozenset({"digital signature", "key encipherment", "server auth"}), "server auth"),
-}
 DNS_ADDRESS_TYPES: Final = frozenset({"Hostname", "InternalDNS", "ExternalDNS"})
 IP_ADDRESS_TYPES: Final = frozenset({"InternalIP", "ExternalIP"})
 DEFAULT_POLL: Final = 5.0  # seconds between checks of waiting CSRs against the stored verdicts
 MAX_CSR_BYTES: Final = 64 * 1024
-
-IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class Action(enum.Enum):
@@ -101,16 +96,12 @@ class CsrRefused(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
-class KubeletCsr:
-    """What a kubelet CSR asks for, once checked to be one."""
+class PendingCsr:
+    """A kubelet CSR object: its name, when it was filed, and what it asks for."""
 
     name: str
-    signer: str
-    node: str
-    fingerprint: str  # hex SHA-256 of the requested key's SubjectPublicKeyInfo
     created: dt.datetime
-    dns_names: tuple[str, ...] = ()
-    ips: tuple[IpAddress, ...] = ()
+    request: KubeletCsr
 
 
 def is_pending(csr: CertificateSigningRequest) -> bool:
@@ -119,14 +110,7 @@ def is_pending(csr: CertificateSigningRequest) -> bool:
     return not any(c.type in ("Approved", "Denied") for c in conditions or ())
 
 
-def spki_fingerprint(key: x509.Certificate | x509.CertificateSigningRequest) -> str:
-    der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(der).hexdigest()
-
-
-def _load_request(encoded: str) -> x509.CertificateSigningRequest:
+def _load_request(encoded: str) -> bytes:
     # spec.request is []byte in the API: base64 in JSON, of a PEM "CERTIFICATE REQUEST".
     try:
         pem = base64.b64decode(encoded, validate=True)
@@ -134,98 +118,35 @@ def _load_request(encoded: str) -> x509.CertificateSigningRequest:
         raise CsrRefused(Reason.CSR_MALFORMED, "spec.request is not base64") from None
     if len(pem) > MAX_CSR_BYTES:
         raise CsrRefused(Reason.CSR_MALFORMED, f"spec.request is larger than {MAX_CSR_BYTES} bytes")
-    try:
-        request = x509.load_pem_x509_csr(pem)
-    except ValueError as e:
-        raise CsrRefused(
-            Reason.CSR_MALFORMED, f"spec.request is not a PEM certificate request ({e})"
-        ) from None
-    if not request.is_signature_valid:
-        raise CsrRefused(Reason.CSR_MALFORMED, "the request is not signed by the key it names")
-    return request
+    return pem
 
 
-def _subject_node(request: x509.CertificateSigningRequest) -> str:
-    subject = request.subject
-    orgs = [a.value for a in subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
-    cns = [a.value for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    if orgs != [NODES_GROUP]:
-        raise CsrRefused(Reason.CSR_MALFORMED, f"subject O must be exactly {NODES_GROUP}, not {orgs}")
-    if len(cns) != 1 or not isinstance(cns[0], str) or not cns[0].startswith(NODE_USER_PREFIX):
-        raise CsrRefused(Reason.CSR_MALFORMED, f"subject CN must be {NODE_USER_PREFIX}<node name>")
-    node = cns[0].removeprefix(NODE_USER_PREFIX)
-    if not valid_node_name(node):
-        raise CsrRefused(Reason.CSR_MALFORMED, f"{node!r} in the subject CN is not a node name")
-    return node
+def parse_kubelet_csr_object(csr: CertificateSigningRequest) -> PendingCsr:
+    """The CSR as a kubelet files it for its signer, or CsrRefused with the reason.
 
-
-def _sans(request: x509.CertificateSigningRequest) -> tuple[list[str], list[IpAddress], bool]:
-    """(DNS names, IP addresses, whether any other kind of name is asked for)."""
-    try:
-        ext = request.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
-    except x509.ExtensionNotFound:
-        return [], [], False
-    except ValueError as e:  # a duplicated or undecodable extension
-        raise CsrRefused(Reason.CSR_MALFORMED, f"the request's extensions do not parse ({e})") from None
-    names = ext.value
-    assert isinstance(names, x509.SubjectAlternativeName)
-    dns: list[str] = []
-    ips: list[IpAddress] = []
-    others = False
-    for general in names:
-        if isinstance(general, x509.DNSName):
-            dns.append(general.value)
-        elif isinstance(general, x509.IPAddress) and isinstance(general.value, IpAddress):
-            ips.append(general.value)
-        else:  # e-mail, URI, other names, IP networks: no kubelet certificate carries them
-            others = True
-    return dns, ips, others
-
-
-def parse_kubelet_csr(csr: CertificateSigningRequest) -> KubeletCsr:
-    """The CSR as a kubelet files it for its signer, or CsrRefused with the reason."""
+    The shape is judged by the admission webhook's rules (webhook.kubelet_csr), so a CSR that
+    got past admission (created while the webhook was down, say) is denied here as it would
+    have been refused there.
+    """
     meta, spec = csr.metadata, csr.spec
     if meta is None or not meta.name or meta.creationTimestamp is None:
         raise CsrRefused(Reason.CSR_MALFORMED, "the CSR has no name or creation time")
-    signer = spec.signerName
-    request = _load_request(spec.request)
-    node = _subject_node(request)
-    allowed, required = USAGES[signer]
-    usages = set(spec.usages or ())
-    if not usages <= allowed or required not in usages:
-        raise CsrRefused(
-            Reason.CSR_MALFORMED,
-            f"usages {sorted(usages)} are not what {signer} signs ({required}, within {sorted(allowed)})",
-        )
-    dns, ips, other_names = _sans(request)
-    if signer == CLIENT_SIGNER and (dns or ips or other_names):
-        raise CsrRefused(
-            Reason.CSR_MALFORMED, "a kubelet client certificate has no subject alternative names"
-        )
-    if signer == SERVING_SIGNER and (other_names or not (dns or ips)):
-        raise CsrRefused(
-            Reason.CSR_MALFORMED,
-            "a kubelet serving certificate names DNS names or IP addresses, and only those",
-        )
+    try:
+        request = parse_kubelet_csr(spec.signerName, _load_request(spec.request), spec.usages or ())
+    except MalformedKubeletCsr as e:
+        raise CsrRefused(Reason.CSR_MALFORMED, e.message) from None
+    node = request.node
     # spec.username is set by the API server from the authenticated requestor: it cannot be forged.
     requestor = spec.username or ""
     own = NODE_USER_PREFIX + node
-    if signer == SERVING_SIGNER and requestor != own:
+    if request.signer == SERVING_SIGNER and requestor != own:
         raise CsrRefused(
             Reason.CSR_REQUESTOR_MISMATCH,
             f"a serving certificate for {node} filed by {requestor!r}, not by {own}",
         )
     if requestor.startswith(NODE_USER_PREFIX) and requestor != own:
         raise CsrRefused(Reason.CSR_REQUESTOR_MISMATCH, f"{requestor} asked for a certificate of node {node}")
-    return KubeletCsr(
-        name=meta.name,
-        signer=signer,
-        node=node,
-        fingerprint=spki_fingerprint(request),
-        created=meta.creationTimestamp,
-        dns_names=tuple(dns),
-        ips=tuple(ips),
-    )
+    return PendingCsr(name=meta.name, created=meta.creationTimestamp, request=request)
 
 
 def foreign_sans(request: KubeletCsr, node: Node) -> list[str]:
@@ -250,13 +171,14 @@ def _when(t: dt.datetime) -> str:
 
 
 def judge(
-    request: KubeletCsr,
+    pending: PendingCsr,
     record: NodeRecord | None,
     node: Node | None,
     now: dt.datetime,
     grace: dt.timedelta,
 ) -> Decision:
     """Approve, deny or wait, from the node's stored record and (serving CSRs) its Node object."""
+    request, created = pending.request, pending.created
     name = request.node
     if request.signer == SERVING_SIGNER and node is not None:
         foreign = foreign_sans(request, node)
@@ -267,7 +189,7 @@ def judge(
     if record is not None and record.revoked_at is not None:
         return Decision.deny(Reason.CSR_NODE_UNTRUSTED, f"node {name} was revoked ({record.revoke_reason})")
     verdict = record.last_verdict if record else None
-    since = verdict is not None and verdict.appraised_at >= request.created
+    since = verdict is not None and verdict.appraised_at >= created
     if verdict is not None and since and not verdict.trusted:
         codes = " ".join(str(r.get("code")) for r in verdict.reasons) or "untrusted"
         return Decision.deny(
@@ -293,7 +215,7 @@ def judge(
         last = "trusted" if verdict.trusted else "untrusted"
         code, why = (
             Reason.CSR_VERDICT_STALE,
-            f"node {name} has no fresh trusted verdict since the CSR was filed at {_when(request.created)} "
+            f"node {name} has no fresh trusted verdict since the CSR was filed at {_when(created)} "
             f"(the last one, {last}, is from {_when(verdict.appraised_at)})",
         )
     else:
@@ -302,7 +224,7 @@ def judge(
             f"no attestation bound to this key: node {name}'s verdict does not commit to SHA-256 "
             f"{request.fingerprint}",
         )
-    if now - request.created < grace:
+    if now - created < grace:
         return Decision(Action.WAIT, why)
     return Decision.deny(code, f"{why}; waited {int(grace.total_seconds())} s")
 
@@ -371,13 +293,14 @@ class CsrApprover:
         if self._answered.get(name) == version:
             return
         try:
-            request = parse_kubelet_csr(csr)
+            pending = parse_kubelet_csr_object(csr)
         except CsrRefused as e:
             decision = Decision.deny(e.code, e.message)
         else:
+            request = pending.request
             record = await asyncio.to_thread(self._store.get_node, request.node)
             node = await self._node(request.node) if request.signer == SERVING_SIGNER else None
-            decision = judge(request, record, node, self._clock(), self._grace)
+            decision = judge(pending, record, node, self._clock(), self._grace)
         if decision.action is Action.WAIT:
             log.debug("CSR %s waits: %s", name, decision.message)
             return
