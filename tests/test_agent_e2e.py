@@ -3,12 +3,14 @@ with real software TPMs booted through a simulated measured boot.
 
 The verifier trusts the swtpm local CA as the EK manufacturer; its reference policy is made
 from the good node's own evidence (attest.verify.policy.create_policy) and applied through the
-admin API, as an operator would with attestctl.
+admin API, as an operator would with attestctl. Every test runs once with the verifier on
+SQLite and once on PostgreSQL (`store_url`, tests/pg.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import secrets
@@ -25,10 +27,14 @@ from typing import Any
 import httpx
 import pytest
 
+from attest.store.api import AuditRecord
+from attest.store.audit import verify_chain
 from attest.verify import eventlog
 from attest.verify import ima as imalib
 from attest.verify.policy import create_policy, dump_policy
+from attest.wire import AuditRecordOut, NodeOut
 from swtpm.measuredboot import BootProfile
+from tests.pg import PgServer
 from tests.swtpm_node import SwtpmNode
 from tests.test_agent_client import Pki, make_pki
 
@@ -72,14 +78,15 @@ def _stop(proc: subprocess.Popen[Any], timeout: float = 10) -> int:
 
 @dataclass
 class Verifier:
-    """`attest-verifier serve` as a subprocess: SQLite in `dir`, TLS from `pki`."""
+    """`attest-verifier serve` as a subprocess: its store at the URL `database` (a SQLite file in
+    `dir` if None), TLS from `pki`, the same port across restarts."""
 
     dir: Path
     pki: Pki
     ek_ca: Any  # swtpm.provision.LocalCa
+    database: str | None = None
     port: int = field(default_factory=_free_port)
     proc: subprocess.Popen[bytes] | None = None
-    database: Path | None = None
 
     @property
     def url(self) -> str:
@@ -93,8 +100,8 @@ class Verifier:
     def log(self) -> Path:
         return self.dir / "verifier.log"
 
-    def start(self, database: Path | None = None) -> None:
-        self.database = database or self.database or self.dir / "verifier.db"
+    def start(self, database: str | None = None) -> None:
+        self.database = database or self.database or f"sqlite:///{self.dir / 'verifier.db'}"
         if not self.token_file.exists():
             self.token_file.write_text(secrets.token_urlsafe(32) + "\n")
             self.token_file.chmod(0o600)
@@ -108,7 +115,7 @@ class Verifier:
             "--tls-key",
             str(self.pki.server_key),
             "--database",
-            f"sqlite:///{self.database}",
+            self.database,
             "--ek-roots",
             str(self.ek_ca.root_cert),
             "--ek-intermediates",
@@ -135,19 +142,43 @@ class Verifier:
             _stop(self.proc)
             self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL, as a node losing power or the OOM killer: nothing in flight gets to finish."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
     def tail(self) -> str:
         return "verifier log:\n" + "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
 
-    def apply_policy(self, text: str) -> None:
+    def admin(self) -> httpx.Client:
         token = self.token_file.read_text().strip()
-        with httpx.Client(verify=_tls(self.pki)) as c:
-            resp = c.post(
-                self.url + "/v1/admin/policies",
-                json={"text": text},
-                headers={"authorization": f"Bearer {token}"},
-                timeout=10,
-            )
+        return httpx.Client(
+            base_url=self.url, verify=_tls(self.pki), headers={"authorization": f"Bearer {token}"}, timeout=10
+        )
+
+    def apply_policy(self, text: str) -> None:
+        with self.admin() as c:
+            resp = c.post("/v1/admin/policies", json={"text": text})
         assert resp.status_code == 200, resp.text
+
+    def nodes(self) -> dict[str, NodeOut]:
+        with self.admin() as c:
+            resp = c.get("/v1/admin/nodes")
+        assert resp.status_code == 200, resp.text
+        return {n.name: n for n in map(NodeOut.model_validate, resp.json())}
+
+    def audit(self) -> list[AuditRecord]:
+        """The whole audit trail through the admin API, page by page, as `attestctl audit export`."""
+        records: list[AuditRecord] = []
+        with self.admin() as c:
+            while True:
+                resp = c.get("/v1/admin/audit", params={"after": records[-1].seq if records else 0})
+                assert resp.status_code == 200, resp.text
+                if not (page := [AuditRecordOut.model_validate(r) for r in resp.json()]):
+                    return records
+                records += [AuditRecord(r.seq, r.at, r.kind, r.subject, r.data, r.prev, r.hash) for r in page]
 
 
 def _tls(pki: Pki) -> Any:
@@ -157,8 +188,8 @@ def _tls(pki: Pki) -> Any:
 
 
 @pytest.fixture
-def verifier(tmp_path: Path, swtpm_ca: Any) -> Iterator[Verifier]:
-    v = Verifier(tmp_path / "verifier", make_pki(tmp_path / "verifier" / "tls"), swtpm_ca)
+def verifier(tmp_path: Path, swtpm_ca: Any, store_url: str) -> Iterator[Verifier]:
+    v = Verifier(tmp_path / "verifier", make_pki(tmp_path / "verifier" / "tls"), swtpm_ca, store_url)
     try:
         v.start()
         yield v
@@ -342,8 +373,64 @@ class AgentProcess:
         return self.new("verdict")
 
 
+def _when(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+def _restart_loses_nothing(verifier: Verifier, agent: AgentProcess, stop: Callable[[], None]) -> None:
+    """`stop` the verifier while the agent runs, start it again on the same database: every
+    enrollment, every verdict the agent was told of and every audit record is still there, the
+    audit chain intact, and the agent recovers by itself, without enrolling again."""
+    nodes, audit = verifier.nodes(), verifier.audit()
+    agent.mark()
+    stop()
+    agent.wait("failed rounds", lambda: len(agent.new("round.failed")) >= 2)
+    assert {f["error"] for f in agent.new("round.failed")} == {"VerifierUnreachable"}
+    # The verifier is down: every verdict the agent logged was acknowledged before it went.
+    acknowledged = {_when(v["expires_at"]) for v in agent.events("verdict")}
+    assert acknowledged
+    agent.mark()
+    verifier.start()
+
+    after_nodes, after_audit = verifier.nodes(), verifier.audit()  # the agent may add to both
+    assert verify_chain(after_audit) == []
+    assert after_audit[: len(audit)] == audit
+    assert [(r.kind, r.subject) for r in after_audit].count(("enroll", "node-1")) == 1
+    stored = {_when(r.data["expires_at"]) for r in after_audit if r.kind == "verdict"}
+    assert acknowledged <= stored, sorted(acknowledged - stored)
+    assert after_nodes.keys() == nodes.keys() == {"node-1"}
+    before, after = nodes["node-1"], after_nodes["node-1"]
+    assert (after.ek_fingerprint, after.ak_name, after.policy) == (
+        before.ek_fingerprint,
+        before.ak_name,
+        before.policy,
+    )
+    assert before.last_verdict_at is not None
+    assert after.last_verdict_at is not None
+    assert after.last_verdict_at >= before.last_verdict_at
+    assert after.expires_at is not None
+    assert after.expires_at >= max(acknowledged)
+
+    agent.wait("a verdict after the restart", lambda: bool(agent.verdicts()))
+    assert agent.verdicts()[0]["trusted"]
+    assert not agent.new("enroll.start")
+
+
+@pytest.fixture
+def another_database(store_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A second, empty database on the backend of `store_url`: the verifier's first one lost."""
+    if store_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    pg: PgServer = request.getfixturevalue("pg_server")
+    name = pg.create_database()
+    yield pg.url(name)
+    if pg.running:
+        pg.drop_database(name)
+
+
 def test_run_attests_incrementally_survives_reboots_and_verifier_restarts(
-    verifier: Verifier, swtpm: Any, tmp_path: Path
+    another_database: str, verifier: Verifier, swtpm: Any, tmp_path: Path
 ) -> None:
     node = _node("node-1", swtpm, tmp_path)
     verifier.apply_policy(node.policy())
@@ -371,22 +458,16 @@ def test_run_attests_incrementally_survives_reboots_and_verifier_restarts(
         assert {(v["ima_offset"], v["ima_sent"]) for v in sent} == {(booted, 2)}
         assert sent[-1]["ima_accepted"] == booted + 2
 
-        # The verifier goes away and comes back on the same database: the agent backs off and
-        # recovers by itself, without enrolling again.
-        agent.mark()
-        verifier.stop()
-        agent.wait("failed rounds", lambda: len(agent.new("round.failed")) >= 2)
-        assert {f["error"] for f in agent.new("round.failed")} == {"VerifierUnreachable"}
-        agent.mark()  # while the verifier is down, no verdict can come in between
-        verifier.start()
-        agent.wait("a verdict after the restart", lambda: bool(agent.verdicts()))
-        assert agent.verdicts()[0]["trusted"]
-        assert not agent.new("enroll.start")
+        # The verifier goes away mid-run, stopped as Kubernetes stops a pod (SIGTERM) and then
+        # killed (SIGKILL), and comes back on the same database: nothing is lost, and the agent
+        # backs off and recovers by itself.
+        _restart_loses_nothing(verifier, agent, verifier.stop)
+        _restart_loses_nothing(verifier, agent, verifier.kill)
 
         # Its database is lost: the verifier no longer knows the node, and the agent enrolls again.
         agent.mark()
         verifier.stop()
-        verifier.start(tmp_path / "verifier" / "fresh.db")
+        verifier.start(another_database)
         verifier.apply_policy(node.policy())
         agent.wait("enrollment again", lambda: bool(agent.new("enrolled")), timeout=30)
         agent.wait("a trusted verdict after it", lambda: any(v["trusted"] for v in agent.verdicts()))

@@ -1,6 +1,7 @@
 """attestctl's operator commands end to end: a real `attest-verifier serve` (subprocess, HTTPS
-with the material `attestctl certs init` made, SQLite), real swtpm nodes enrolled and
-attested by `attest-agent once`, and every admin command driven through attestctl's main().
+with the material `attestctl certs init` made, its store on SQLite and on PostgreSQL: every
+test runs on both, `store_url` of tests/pg.py), real swtpm nodes enrolled and attested by
+`attest-agent once`, and every admin command driven through attestctl's main().
 """
 
 from __future__ import annotations
@@ -57,8 +58,11 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def verifier(tls: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Verifier]:
-    """A fresh verifier (empty database) on a free port, and attestctl's environment set for it."""
+def verifier(
+    tls: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_url: str
+) -> Iterator[Verifier]:
+    """A fresh verifier (empty database at `store_url`) on a free port, and attestctl's
+    environment set for it."""
     port = _free_port()
     log = tmp_path / "verifier.log"
     argv = [
@@ -73,7 +77,7 @@ def verifier(tls: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
         "--admin-token-file",
         str(tls / ADMIN_TOKEN),
         "--database",
-        f"sqlite:///{tmp_path / 'verifier.db'}",
+        store_url,
         "--log-level",
         "warning",
     ]

@@ -1,4 +1,5 @@
-"""`attest-verifier serve` as a real process: HTTPS on a free port, SqlStore on SQLite, called
+"""`attest-verifier serve` as a real process: HTTPS on a free port, its store on SQLite and on
+PostgreSQL (every test through `start_server` runs on both: `store_url`, tests/pg.py), called
 with httpx verifying the server's certificate, and software TPMs (swtpm) doing the node's side
 through attest.tpm: real EK certificates, real credential activation, real quotes."""
 
@@ -25,6 +26,7 @@ from swtpm.instance import SwtpmInstance
 from swtpm.measuredboot import boot, named_profile
 from swtpm.provision import LocalCa
 from tests.conftest import BootedTpm, SwtpmFactory
+from tests.pg import PgServer
 from tests.verifier_process import VERIFIER, Server, StartVerifier, clean_env
 from tests.webhook_support import TestCa
 
@@ -35,8 +37,11 @@ StartServer = Callable[..., Server]
 
 
 @pytest.fixture
-def start_server(tmp_path: Path, swtpm_ca: LocalCa, start_verifier: StartVerifier) -> StartServer:
-    """The verifier trusting the swtpm CA's EK certificates, with the admin API on."""
+def start_server(
+    tmp_path: Path, swtpm_ca: LocalCa, start_verifier: StartVerifier, store_url: str
+) -> StartServer:
+    """The verifier trusting the swtpm CA's EK certificates, with the admin API on, its store on
+    `store_url`: the test runs once on SQLite and once on PostgreSQL."""
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
     token.chmod(0o600)
@@ -50,6 +55,7 @@ def start_server(tmp_path: Path, swtpm_ca: LocalCa, start_verifier: StartVerifie
             "--admin-token-file",
             str(token),
             *extra,
+            database=store_url,
         )
 
     return start
@@ -276,6 +282,7 @@ def test_unknown_ek_and_untrusted_manufacturer_are_refused(
         assert (r.status_code, r.json()["code"]) == (403, "ek_not_enrolled")
 
 
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_database_unavailable_makes_the_verifier_unready(start_server: StartServer) -> None:
     server = start_server()
     with server.client() as client:
@@ -289,6 +296,35 @@ def test_database_unavailable_makes_the_verifier_unready(start_server: StartServ
         assert (r.status_code, r.json()["code"]) == (503, "store_unavailable")
         assert r.headers["retry-after"]
         assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+def test_postgresql_down_makes_the_verifier_unready_until_it_is_back(
+    start_server: StartServer, pg_server: PgServer, swtpm_booted: BootedTpm
+) -> None:
+    server = start_server()
+    with server.client() as client:
+        put_policy(client, swtpm_booted)
+        assert client.get("/readyz").status_code == 200
+        # The database server goes away (a failover, a restart): every pooled connection dies.
+        pg_server.stop()
+        try:
+            r = client.get("/readyz")
+            assert (r.status_code, r.json()["code"]) == (503, "store_unavailable")
+            r = client.post("/v1/nodes/worker-4/challenge")
+            assert (r.status_code, r.json()["code"]) == (503, "store_unavailable")
+            assert r.headers["retry-after"]
+            assert client.get("/healthz").status_code == 200
+        finally:
+            if not pg_server.running:  # shared by the worker's other tests
+                pg_server.start()
+        # Back without restarting the verifier, and with what it stored before.
+        assert client.get("/readyz").status_code == 200
+        r = client.get("/v1/admin/policies", headers=ADMIN)
+        assert [p["name"] for p in r.json()] == ["default"]
+        node = Node("worker-4", swtpm_booted.tpm)
+        assert node.enroll(client).status_code == 200
+    assert server.stop() == 0
 
 
 def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

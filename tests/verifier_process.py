@@ -1,9 +1,11 @@
 """`attest-verifier serve` as a real process, for the tests that call it over TLS:
 
     start_verifier  (function) start_verifier(*flags, database=None) -> Server: HTTPS on a free
-                               127.0.0.1 port with a throwaway CA (tests.tlsfixtures), SQLite
-                               under tmp_path unless `database` names a file prepared before;
-                               returns once /healthz answers; every process is killed at teardown
+                               127.0.0.1 port with a throwaway CA (tests.tlsfixtures); `database`
+                               is a URL (`store_url` from tests/pg.py runs a test on SQLite and
+                               on PostgreSQL), a SQLite file prepared before, or None for a new
+                               SQLite file under tmp_path; returns once /healthz answers; every
+                               process is killed at teardown
 
 The flags are the caller's (--ek-roots, --admin-token-file, --admission-freshness, ...), and
 ATTEST_VERIFIER_* variables of the test run never leak into the process.
@@ -46,8 +48,15 @@ class Server:
     process: subprocess.Popen[bytes]
     url: str
     tls: TlsFiles
-    database: Path
+    database_url: str
     log: Path
+
+    @property
+    def database(self) -> Path:
+        """The SQLite file (for the tests that damage it): a PostgreSQL verifier has none."""
+        if not self.database_url.startswith("sqlite:///"):
+            raise AssertionError(f"not a SQLite verifier: {self.database_url}")
+        return Path(self.database_url.removeprefix("sqlite:///"))
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, verify=self.tls.client_context(), timeout=30, trust_env=False)
@@ -70,10 +79,11 @@ StartVerifier = Callable[..., Server]
 def start_verifier(tmp_path: Path) -> Iterator[StartVerifier]:
     started: list[Server] = []
 
-    def start(*flags: str, database: Path | None = None) -> Server:
+    def start(*flags: str, database: Path | str | None = None) -> Server:
         n = len(started)
         tls = write_tls(tmp_path / f"tls{n}")
-        database = database or tmp_path / f"verifier{n}.db"
+        if not isinstance(database, str):
+            database = f"sqlite:///{database or tmp_path / f'verifier{n}.db'}"
         port = free_port()
         log = tmp_path / f"verifier{n}.log"
         argv = [
@@ -86,7 +96,7 @@ def start_verifier(tmp_path: Path) -> Iterator[StartVerifier]:
             "--tls-key",
             str(tls.key),
             "--database",
-            f"sqlite:///{database}",
+            database,
             *flags,
         ]
         with log.open("wb") as out:
