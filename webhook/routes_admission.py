@@ -29,7 +29,7 @@ from attest.wire import (
 from webhook.admission import Context, Decision, Options, decide, resource_of, review_response
 from webhook.config import Settings
 from webhook.metrics import Metrics
-from webhook.service import Clock, Verifier
+from webhook.service import ADMISSION_POLICY_MAX_AGE, Clock, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,9 @@ def _answer(path: str, review: AdmissionReview, request: Request) -> AdmissionRe
     clock: Clock = state.clock
 
     def active_policy() -> Policy | None:
-        # The service's cache: a policy is parsed once per version, not once per request.
-        active = verifier.active_policy()
+        # The service's cache: parsed once per version, read from the store at most once a
+        # second (a new policy judges images here within ADMISSION_POLICY_MAX_AGE).
+        active = verifier.active_policy(ADMISSION_POLICY_MAX_AGE)
         return active.policy if active else None
 
     started = time.perf_counter()

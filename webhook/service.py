@@ -73,6 +73,10 @@ RandomBytes = Callable[[int], bytes]
 NONCE_BYTES: Final = 32
 CREDENTIAL_SECRET_BYTES: Final = 32
 _POLICY_CACHE: Final = 4
+# How old the active policy admission judges images against may be (seconds): one store read per
+# second instead of one per request; a newly applied policy reaches every replica's admission
+# within this (docs/admission.md).
+ADMISSION_POLICY_MAX_AGE: Final = 1.0
 # Findings that mean the TPM's clock or firmware went back: the stored high-water mark stays.
 _ROLLBACKS: Final = frozenset({Reason.QUOTE_CLOCK_ROLLBACK, Reason.QUOTE_FIRMWARE_ROLLBACK})
 # Separates bound nonces from any other use of SHA-256 over random bytes (docs/kubernetes.md).
@@ -135,11 +139,32 @@ class ActivePolicy:
 
 
 class PolicyCache:
-    """Parsed policies by digest: a policy is parsed once per version, not once per request."""
+    """Parsed policies by digest: a policy is parsed once per version, not once per request.
+    It also remembers the last active policy read from the store, and when (time.monotonic),
+    for readers that accept one a little old (admission: ADMISSION_POLICY_MAX_AGE)."""
 
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._parsed: OrderedDict[str, Policy] = OrderedDict()
+        self._monotonic = monotonic
+        self._active: tuple[float, ActivePolicy | None] | None = None  # (read at, what was read)
+
+    def recent(self, max_age: float) -> tuple[ActivePolicy | None] | None:
+        """(the active policy,) as last read, if that was less than max_age seconds ago; None
+        when it must be read again."""
+        remembered = self._active
+        if remembered is None or self._monotonic() - remembered[0] >= max_age:
+            return None
+        return (remembered[1],)
+
+    def remember(self, read_at: float, active: ActivePolicy | None) -> None:
+        with self._lock:
+            # Concurrent readers: the newest read wins, never an older one finishing late.
+            if self._active is None or read_at >= self._active[0]:
+                self._active = (read_at, active)
+
+    def now(self) -> float:
+        return self._monotonic()
 
     def load(self, record: PolicyRecord) -> Policy:
         with self._lock:
@@ -328,9 +353,20 @@ class Verifier:
             raise Forbidden(Reason.NODE_REVOKED, f"node {name} was revoked by an operator")
         return node
 
-    def active_policy(self) -> ActivePolicy | None:
+    def active_policy(self, max_age: float = 0.0) -> ActivePolicy | None:
+        """The latest version of --policy-name, parsed (once per version). max_age > 0 accepts
+        the one read by any caller less than max_age seconds ago instead of reading the store:
+        admission's path (ADMISSION_POLICY_MAX_AGE). The evidence path reads every time (and
+        refreshes what admission sees), so an appraisal always uses the latest policy."""
+        if max_age > 0:
+            recent = self._policies.recent(max_age)
+            if recent is not None:
+                return recent[0]
+        read_at = self._policies.now()
         record = self.store.get_policy(self.settings.policy_name)
-        return None if record is None else ActivePolicy(record, self._policies.load(record))
+        active = None if record is None else ActivePolicy(record, self._policies.load(record))
+        self._policies.remember(read_at, active)
+        return active
 
     def selection(self, policy: Policy | None) -> PcrSelection:
         """The configured PCRs plus every PCR the policy's rules need, so no rule goes unjudged."""
