@@ -1,6 +1,8 @@
 """Appraisals per second on one core: quote only; quote + a ~100-event UEFI log; quote + log
-+ a 10,000-entry IMA list. Plus IMA entries per second. Real evidence: the UEFI log is a real
-machine's (tests/data), the IMA list is generated in the kernel's ima-ng format."""
++ a 10,000-entry IMA list; the steady state of a node re-attesting in the same boot (quote +
+the unchanged log, a cache hit, + 10 new IMA entries from the previous round's replay state).
+Plus IMA entries per second. Real evidence: the UEFI log is a real machine's (tests/data), the
+IMA list is generated in the kernel's ima-ng format."""
 
 from __future__ import annotations
 
@@ -14,17 +16,19 @@ from pathlib import Path
 
 from attest.pcrselect import PcrSelection
 from attest.verify import eventlog, ima
-from attest.verify.appraise import Evidence, Expectations, Verdict, appraise
+from attest.verify.appraise import AppraisalCache, Evidence, Expectations, Verdict, appraise
 from attest.verify.pcrs import PcrValues
 from attest.verify.quote import load_ak
 from attest.verify.tpmstructs import ClockInfo
 from swtpm.softtpm import SoftAk, quote_attest
 
+STEADY_BASE = 1000  # IMA entries the previous round accepted
+STEADY_NEW = 10  # entries logged since
 EVENTLOG = Path(__file__).parent.parent / "tests/data/eventlogs/tpm2-tools/event-bootorder.bin"
 
 
-def _ima_list(entries: int, boot_pcrs: dict[int, bytes]) -> bytes:
-    """A binary_runtime_measurements list, what the agent reads from securityfs."""
+def _ima_records(entries: int, boot_pcrs: dict[int, bytes]) -> list[bytes]:
+    """Records of a binary_runtime_measurements list, what the agent reads from securityfs."""
     records = []
     for i in range(entries):
         path = f"/usr/lib/x86_64-linux-gnu/lib{i}.so" if i else ima.BOOT_AGGREGATE
@@ -32,7 +36,11 @@ def _ima_list(entries: int, boot_pcrs: dict[int, bytes]) -> bytes:
         content = b"".join(boot_pcrs[p] for p in range(10)) if i == 0 else path.encode()
         data = ima.encode_template_data("ima-ng", "sha256", hashlib.sha256(content).digest(), path)
         records.append(ima.encode_binary_entry("ima-ng", data))
-    return b"".join(records)
+    return records
+
+
+def _ima_list(entries: int, boot_pcrs: dict[int, bytes]) -> bytes:
+    return b"".join(_ima_records(entries, boot_pcrs))
 
 
 def nonce_for(i: int) -> bytes:
@@ -60,8 +68,24 @@ def run(rounds: int, ima_entries: int) -> list[tuple[str, float, str]]:
     with_ima = {"sha256": {**boot["sha256"], 10: pcr10}}
     sel_ima = PcrSelection.parse("sha256:0-10")
 
-    def case(
-        selection: PcrSelection, pcrs: Mapping[str, Mapping[int, bytes]], send_log: bool, send_ima: bool
+    # The cold rows parse and replay the UEFI log every time; the steady state reuses it.
+    cold = AppraisalCache(0)
+    warm = AppraisalCache()
+    # Steady state: the previous round accepted the first entries; 10 were logged since.
+    records = _ima_records(STEADY_BASE + STEADY_NEW, dict(boot["sha256"]))
+    previous = ima.replay(ima.parse(b"".join(records[:STEADY_BASE])), ["sha256"])
+    new_bytes = b"".join(records[STEADY_BASE:])
+    steady_pcr10 = ima.replay(ima.parse(new_bytes, first_index=STEADY_BASE), ["sha256"], start=previous)
+    steady = {"sha256": {**boot["sha256"], 10: steady_pcr10.pcrs["sha256"][10]}}
+
+    def case(  # noqa: PLR0917 - one benchmark case, spelled out
+        selection: PcrSelection,
+        pcrs: Mapping[str, Mapping[int, bytes]],
+        send_log: bool,
+        send_ima: bool,
+        ima_list: bytes = ima_bytes,
+        ima_state: ima.ReplayState | None = None,
+        cache: AppraisalCache = cold,
     ) -> Callable[[int], object]:
         values = PcrValues({bank: {p: pcrs[bank][p] for p in indices} for bank, indices in selection.banks})
         quotes = []
@@ -77,9 +101,10 @@ def run(rounds: int, ima_entries: int) -> list[tuple[str, float, str]]:
                     signature,
                     values,
                     log_bytes if send_log else None,
-                    ima_bytes if send_ima else None,
+                    ima_list if send_ima else None,
                 ),
-                Expectations(ak=bound, nonce=nonce_for(i), selection=selection),
+                Expectations(ak=bound, nonce=nonce_for(i), selection=selection, ima_state=ima_state),
+                cache=cache,
             )
             if not verdict.trusted:
                 raise SystemExit(f"benchmark evidence was not trusted: {verdict.findings}")
@@ -95,17 +120,27 @@ def run(rounds: int, ima_entries: int) -> list[tuple[str, float, str]]:
             max(rounds // 50, 3),
             case(sel_ima, with_ima, True, True),
         ),
+        _rate(
+            f"steady state: quote + same log + {STEADY_NEW} new IMA",
+            rounds,
+            case(sel_ima, steady, True, True, new_bytes, previous, warm),
+        ),
     ]
-    start = time.perf_counter()
-    reps = 3
-    for _ in range(reps):
-        parsed = ima.parse(ima_bytes)
-        ima.match_quote(parsed, {"sha256": {10: pcr10}})
-    ima_rate = ima_entries * reps / (time.perf_counter() - start)
-    targets = {0: "", 1: ">= 2,000/s", 2: ""}
+    ima_rate = _ima_rate(ima_bytes, pcr10, ima_entries)
+    targets = {0: "", 1: ">= 2,000/s", 2: "", 3: ">= 5,000/s"}
     out = [(label, rate, targets[i]) for i, (label, rate) in enumerate(results)]
     out.append(("IMA parse + template hashes + replay (entries/s)", ima_rate, ">= 300,000/s"))
     return out
+
+
+def _ima_rate(data: bytes, pcr10: bytes, entries: int, reps: int = 5) -> float:
+    """Entries/s of parse + match_quote (template hashes, replay, the longer-than-quote rule)."""
+    quoted = {"sha256": {10: pcr10}}
+    ima.match_quote(ima.parse(data), quoted)  # warm up
+    start = time.perf_counter()
+    for _ in range(reps):
+        ima.match_quote(ima.parse(data), quoted)
+    return entries * reps / (time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> int:

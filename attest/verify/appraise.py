@@ -9,6 +9,9 @@ for bad evidence and never returns trusted by accident.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,19 +100,104 @@ class Verdict:
         }
 
 
+@dataclass(frozen=True)
+class _BootOutcome:
+    """Everything the firmware-log stage and the boot policy concluded from one log: what a
+    cache hit hands back in place of parsing, replaying and judging the log again."""
+
+    findings: tuple[Finding, ...]  # parse or replay failures
+    replayed: Mapping[str, frozenset[int]]
+    applied: tuple[str, ...]
+    policy: Policy | None  # held so the id() in the key cannot be reused while the entry lives
+    boot_findings: tuple[Finding, ...] | None  # evaluate_boot's, None when it was not run
+
+
+# The key: (SHA-256 of the log, the quoted boot PCRs, the workarounds tried, id(policy), the
+# quoted values of PCRs the boot policy pins outside the firmware log's own).
+_Key = tuple[
+    bytes, tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...], tuple[Any, ...], int, tuple[Any, ...]
+]
+
+
+class AppraisalCache:
+    """A bounded LRU of firmware-log outcomes, so a node re-attesting in the same boot costs a
+    digest of its unchanged log instead of a parse, a replay and a policy pass.
+
+    Everything the stage reads is in the key: the log bytes (by SHA-256), the quoted values of
+    every boot PCR in every bank, the candidate workarounds, and the policy (by identity: the
+    verifier parses a policy once per version and shares it; the entry keeps it alive, so its
+    id cannot be reused for another). A hit therefore returns exactly what a miss computes.
+    Safe to share between threads; `maxsize=0` disables it."""
+
+    def __init__(self, maxsize: int = 4096) -> None:
+        if maxsize < 0:
+            raise ValueError("maxsize cannot be negative")
+        self.maxsize = maxsize
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[_Key, _BootOutcome] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: _Key, policy: Policy | None) -> _BootOutcome | None:
+        if not self.maxsize:
+            return None
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None or found.policy is not policy:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return found
+
+    def put(self, key: _Key, outcome: _BootOutcome) -> None:
+        if not self.maxsize:
+            return
+        with self._lock:
+            self._entries[key] = outcome
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.maxsize:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.hits = self.misses = 0
+
+
+_default_cache: AppraisalCache | None = None
+_default_lock = threading.Lock()
+
+
+def default_cache() -> AppraisalCache:
+    """The process-wide cache `appraise` uses unless given one; created on first use."""
+    global _default_cache  # noqa: PLW0603 - one lazily built instance per process
+    if _default_cache is None:
+        with _default_lock:
+            if _default_cache is None:
+                _default_cache = AppraisalCache()
+    return _default_cache
+
+
 def _finding(e: AttestError, **where: Any) -> Finding:
     return Finding(e.code, e.message, **where)
 
 
-def appraise(evidence: Evidence, expect: Expectations) -> Verdict:
-    """Appraise one round of evidence. Fails closed on any unexpected error."""
+def appraise(evidence: Evidence, expect: Expectations, *, cache: AppraisalCache | None = None) -> Verdict:
+    """Appraise one round of evidence. Fails closed on any unexpected error.
+
+    `cache` keeps firmware-log outcomes between rounds (`default_cache()` unless given;
+    `AppraisalCache(0)` for none)."""
     try:
-        return _appraise(evidence, expect)
+        return _appraise(evidence, expect, default_cache() if cache is None else cache)
     except Exception as e:  # fail closed: the verdict must exist and must be untrusted
         return Verdict(False, (Finding(Reason.INTERNAL_ERROR, f"appraisal failed: {type(e).__name__}: {e}"),))
 
 
-def _appraise(evidence: Evidence, expect: Expectations) -> Verdict:
+def _appraise(evidence: Evidence, expect: Expectations, cache: AppraisalCache) -> Verdict:
     policy = expect.policy
     allow_sha1 = expect.allow_sha1 or (policy is not None and policy.allow_sha1)
     try:
@@ -142,7 +230,8 @@ def _appraise(evidence: Evidence, expect: Expectations) -> Verdict:
 
     quoted: dict[str, dict[int, bytes]] = {b: dict(v) for b, v in result.pcrs.items()}
     boot_quoted = {b: {i: v for i, v in vs.items() if i not in _FOREIGN_PCRS} for b, vs in quoted.items()}
-    log, replayed, applied = _event_log(evidence, policy, boot_quoted, findings)
+    boot = _boot(evidence, policy, quoted, boot_quoted, cache)
+    findings += boot.findings
 
     ima_state: ima.ReplayState | None = None
     ima_entries: tuple[ima.ImaEntry, ...] = ()
@@ -159,8 +248,8 @@ def _appraise(evidence: Evidence, expect: Expectations) -> Verdict:
                     f"the quote has no {bank} bank, which policy '{policy.name}' uses",
                 )
             )
-        else:
-            findings += evaluate_boot(policy, log, quoted[bank], replayed.get(bank, frozenset()))
+        elif boot.boot_findings is not None:
+            findings += boot.boot_findings
         findings += evaluate_ima(policy, ima_entries)
 
     previous = None if reboot else expect.containers_accepted
@@ -171,7 +260,7 @@ def _appraise(evidence: Evidence, expect: Expectations) -> Verdict:
         trusted=not findings,
         findings=tuple(findings),
         pcrs=quoted,
-        workarounds=applied,
+        workarounds=boot.applied,
         reboot=reboot,
         clock=result.clock_info,
         firmware_version=result.firmware_version,
@@ -181,6 +270,43 @@ def _appraise(evidence: Evidence, expect: Expectations) -> Verdict:
         containers=containers.accepted,
         containers_pending=containers.pending,
     )
+
+
+def _boot(
+    evidence: Evidence,
+    policy: Policy | None,
+    quoted: Mapping[str, Mapping[int, bytes]],
+    boot_quoted: Mapping[str, Mapping[int, bytes]],
+    cache: AppraisalCache,
+) -> _BootOutcome:
+    """The firmware-log stage and the boot policy's findings, from `cache` when the same log
+    came with the same quoted boot PCRs under the same policy."""
+    key: _Key | None = None
+    if evidence.eventlog is not None and cache.maxsize:
+        pinned: tuple[Any, ...] = ()
+        if policy is not None and policy.boot is not None:
+            bank_values = quoted.get(policy.bank, {})
+            pinned = tuple((p, bank_values.get(p)) for p in sorted(policy.boot.pcrs) if p in _FOREIGN_PCRS)
+        key = (
+            hashlib.sha256(evidence.eventlog).digest(),
+            tuple(sorted((b, tuple(sorted(vs.items()))) for b, vs in boot_quoted.items())),
+            workarounds.WORKAROUNDS,
+            id(policy),
+            pinned,
+        )
+        found = cache.get(key, policy)
+        if found is not None:
+            return found
+    stage: list[Finding] = []
+    log, replayed, applied = _event_log(evidence, policy, boot_quoted, stage)
+    boot_findings = None
+    if policy is not None and policy.bank in quoted:
+        bank = policy.bank
+        boot_findings = tuple(evaluate_boot(policy, log, quoted[bank], replayed.get(bank, frozenset())))
+    outcome = _BootOutcome(tuple(stage), replayed, applied, policy, boot_findings)
+    if key is not None:
+        cache.put(key, outcome)
+    return outcome
 
 
 def _event_log(

@@ -146,6 +146,7 @@ _TEMPLATES: dict[str, tuple[str, ...]] = {
         "imode",
     ),
 }
+_TEMPLATE_HASH_SIZES = tuple(sorted(_TEMPLATE_HASH_ALGS))
 _TEMPLATE_NAME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_|")
 
 _U32LE = struct.Struct("<I")
@@ -331,11 +332,19 @@ _FAST_CTORS: dict[str, _Ctor] = {
 }
 
 
+_BANK_SIZES: dict[str, int] = {}
+
+
 def _bank_size(bank: str) -> int:
+    size = _BANK_SIZES.get(bank)
+    if size is not None:
+        return size
     try:
-        return hash_alg(bank).size
+        size = hash_alg(bank).size
     except KeyError:
         raise ValueError(f"unknown PCR bank {bank!r}") from None
+    _BANK_SIZES[bank] = size
+    return size
 
 
 def _ctor(name: str) -> _Ctor:
@@ -545,6 +554,7 @@ class _Layout:
     name_at: int  # the first string field (ImaEntry.path), -1 if none
     checks: tuple[tuple[int, str], ...]  # every other digest or string field: (position, id)
     lone_string: bool  # exactly one string field: in ASCII, the one that may hold spaces
+    simple: bool = False  # exactly a digest then a string field (ima-ng): parsed inline
 
 
 @lru_cache(maxsize=256)
@@ -560,7 +570,11 @@ def _layout(name: str) -> _Layout:
             name_at = n
         elif kind in (_DIGEST, _LEGACY_DIGEST, _STRING):
             checks.append((n, fid))
-    return _Layout(name, ids, kinds, digest_at, name_at, tuple(checks), kinds.count(_STRING) == 1)
+    simple = ids is not None and len(ids) == 2 and digest_at == 0 and name_at == 1 and not checks
+    return _Layout(name, ids, kinds, digest_at, name_at, tuple(checks), kinds.count(_STRING) == 1, simple)
+
+
+_struct = lru_cache(maxsize=64)(struct.Struct)
 
 
 def _template(raw: bytes, limits: Limits) -> _Layout:
@@ -812,10 +826,12 @@ def _binary_records(
     unpack = u32.unpack_from
     order = u32.format[0]
     # PCR index, template hash, template name length: one unpack per record...
-    header = struct.Struct(f"{order}I{size}sI").unpack_from
+    header = _struct(f"{order}I{size}sI").unpack_from
     # ...or, as a list is runs of one template, PCR to template data length in one unpack when
     # the record names the previous record's template.
     repeat: tuple[Callable[[bytes, int], tuple[Any, ...]], bytes, _Layout] | None = None
+    prefixes = _DIGEST_PREFIXES
+    two_fields = limits.max_fields >= 2
     end = len(data)
     templates: dict[bytes, _Layout] = {}
     zero = bytes(size)
@@ -865,7 +881,7 @@ def _binary_records(
                     raise _Cut from None
                 pos += 4
                 if repeat is None or raw != repeat[1]:
-                    repeat = (struct.Struct(f"{order}I{size}sI{name_len}sI").unpack_from, raw, layout)
+                    repeat = (_struct(f"{order}I{size}sI{name_len}sI").unpack_from, raw, layout)
         if pcr >= PCR_COUNT:
             raise _malformed(f"PCR {pcr} is not a TPM PCR index")
         if tlen < 0:
@@ -888,6 +904,30 @@ def _binary_records(
             template_data = data[pos : pos + tlen]
             if len(template_data) != tlen:
                 raise _Cut
+            if layout.simple and two_fields and tlen >= 8:
+                # ima-ng and the like: a digest and a name. Split and check them inline, as
+                # _binary_fields and _check_fields would; anything unusual takes those two.
+                (flen,) = unpack(template_data, 0)
+                cut = 4 + flen
+                if cut <= tlen - 4 and unpack(template_data, cut)[0] == tlen - cut - 4:
+                    f = template_data[4:cut]
+                    name = template_data[cut + 4 :]
+                    nul = f.find(b"\0", 0, 32)
+                    info = prefixes.get(f[: nul + 1])
+                    if (
+                        info is not None
+                        and len(f) - nul - 1 == info[1]
+                        and name
+                        and name.find(b"\0") == len(name) - 1
+                    ):
+                        append(
+                            _new_entry(
+                                index, pcr, layout.name, digest, template_data, (f, name), digest == zero
+                            )
+                        )
+                        index += 1
+                        start = pos + tlen
+                        continue
             fields = _binary_fields(template_data, unpack, limits.max_fields)
         _check_fields(layout, fields)
         append(_new_entry(index, pcr, layout.name, digest, template_data, tuple(fields), digest == zero))
@@ -898,7 +938,7 @@ def _binary_records(
 def _detect_hash_size(data: bytes, u32: struct.Struct) -> int:
     # The first entry's template name follows the template hash; only the right hash size
     # lands on a plausible name length and name.
-    for size in sorted(_TEMPLATE_HASH_ALGS):
+    for size in _TEMPLATE_HASH_SIZES:
         if len(data) < 8 + size:
             raise _Cut
         (name_len,) = u32.unpack_from(data, 4 + size)
@@ -1002,6 +1042,15 @@ def _extend_values(log: ImaLog, checked: list[bytes], bank: str, variant: str) -
     entries = log.entries
     if alg == log.template_hash_alg:
         hashes: Iterable[bytes] = checked
+    elif not pad:
+        # Hash and mark violations in one pass (a violation's hash is never used).
+        ctor = _ctor(alg)
+        return [
+            invalid
+            if e.violation
+            else ctor(e.template_data if e.template != "ima" else _hashed("ima", e.template_data)).digest()
+            for e in entries
+        ]
     else:
         ctor = _ctor(alg)
         hashes = [
@@ -1089,14 +1138,20 @@ def match_quote(
     start = _start(log, start)
     checked = _checked_hashes(log)
     entries = log.entries
-    covered = set.intersection(*(set(v) for v in quoted.values()))
-    limit = next((n for n, e in enumerate(entries) if e.pcr not in covered), len(entries))
+    targets = list(quoted.values())
+    covered = set(targets[0]).intersection(*targets[1:])
+    limit = len(entries)
+    for n, e in enumerate(entries):
+        if e.pcr not in covered:
+            limit = n
+            break
     common: set[int] | None = None
     found: dict[str, tuple[str, dict[int, dict[int, bytes]]]] = {}
     for bank, target in quoted.items():
         size = _bank_size(bank)
-        if any(len(v) != size for v in target.values()):
-            raise ValueError(f"a quoted {bank} PCR value is not {size} bytes")
+        for v in target.values():
+            if len(v) != size:
+                raise ValueError(f"a quoted {bank} PCR value is not {size} bytes")
         known = start.variants.get(bank)
         rules = [BANK_HASH] if bank == "sha1" else [known] if known else list(VARIANTS)
         best: tuple[str, dict[int, dict[int, bytes]]] | None = None
@@ -1137,9 +1192,21 @@ def _matches(
     """Prefix lengths whose running values equal `target`, with those values."""
     ctor = _ctor(bank)
     values = {p: start.value(bank, p) for p in target} | dict(start.pcrs.get(bank, {}))
+    found: dict[int, dict[int, bytes]]
+    if len(target) == 1:
+        # The usual quote, PCR 10 alone: every entry before `len(extend)` extends it (match_quote
+        # stops at the first that does not), so fold it in a local.
+        ((p, want),) = target.items()
+        value = values[p]
+        found = {0: dict(values)} if value == want else {}
+        for n, x in enumerate(extend, 1):
+            value = ctor(value + x).digest()
+            if value == want:
+                found[n] = {**values, p: value}
+        return found
     # Count the quoted PCRs not yet at their quoted value; an extend changes one PCR only.
     off = sum(values[p] != v for p, v in target.items())
-    found: dict[int, dict[int, bytes]] = {0: dict(values)} if not off else {}
+    found = {0: dict(values)} if not off else {}
     for n, (e, x) in enumerate(zip(log.entries[: len(extend)], extend, strict=True), 1):
         p = e.pcr
         want = target[p]
