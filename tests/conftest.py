@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 # Database fixtures (PostgreSQL server, stores over SQLite and PostgreSQL): tests/pg.py.
 # `attest-verifier serve` as a process over TLS: tests/verifier_process.py.
-pytest_plugins = ["tests.pg", "tests.verifier_process"]
+pytest_plugins = ["tests.pg", "tests.verifier_process", "tests.webhook_api"]
 
 SWTPM_FIXTURES = frozenset({"swtpm", "swtpm_ca", "swtpm_template", "swtpm_factory", "swtpm_booted"})
 _BINARIES = ("swtpm", "swtpm_setup", "swtpm_localca")

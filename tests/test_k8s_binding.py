@@ -6,36 +6,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterator
 
 import pytest
 
-from tests.test_webhook_http import Api, error
-from tests.webhook_support import SoftNode, TestCa, policy_text
+from tests.webhook_api import Api, error
+from tests.webhook_support import SoftNode
 from webhook.service import BIND_DOMAIN, bind_nonce, bound_keys
 
 KEY_A = hashlib.sha256(b"kubelet client key").hexdigest()
 KEY_B = hashlib.sha256(b"kubelet serving key").hexdigest()
-
-
-@pytest.fixture(scope="module")
-def ca() -> TestCa:
-    return TestCa.create()
-
-
-@pytest.fixture
-def api(ca: TestCa) -> Iterator[Api]:
-    a = Api(ca)
-    with a.client:
-        yield a
-
-
-@pytest.fixture
-def node(api: Api) -> SoftNode:
-    n = SoftNode("worker-1", api.ca)
-    api.store.put_policy("default", policy_text(n.boot))
-    api.enroll(n)
-    return n
 
 
 def test_bound_challenge_commits_to_the_keys_and_the_verdict_lists_them(api: Api, node: SoftNode) -> None:
