@@ -339,7 +339,7 @@ def test_a_tpm_without_ek_certificate_enrolls_once_an_operator_vouches_for_its_e
 class AgentProcess:
     """`attest-agent run` with JSON logs collected from stderr."""
 
-    def __init__(self, node: Node, verifier: Verifier, log: Path) -> None:
+    def __init__(self, node: Node, verifier: Verifier, log: Path, *extra: str) -> None:
         self.log = log
         self.skip = len(self.events())
         with log.open("ab") as out:
@@ -347,7 +347,9 @@ class AgentProcess:
                 [
                     *AGENT,
                     "run",
-                    *node.args(verifier, "--interval", "0.5", "--max-backoff", "2", "--log-format", "json"),
+                    *node.args(
+                        verifier, "--interval", "0.5", "--max-backoff", "2", "--log-format", "json", *extra
+                    ),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=out,

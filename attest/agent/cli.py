@@ -238,6 +238,14 @@ def _add_daemon_options(p: argparse.ArgumentParser) -> None:
         help="which EK to enroll: EK-RSA2048, EK-ECC256, EK-HIGH-RSA2048, EK-HIGH-ECC256 or "
         "EK-HIGH-ECC384 (default: EK-RSA2048 when certified, else the first certified one)",
     )
+    tpm.add_argument(
+        "--tpm-timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=_env("--tpm-timeout", "120"),
+        help="limit on each burst of TPM work (opening the TPM, a quote, an EK read); a TPM that "
+        "does not answer in time fails the round (default: %(default)s)",
+    )
     logs = p.add_argument_group("node logs")
     logs.add_argument(
         "--eventlog",
@@ -322,6 +330,7 @@ def _config(args: argparse.Namespace) -> tuple[AgentConfig, EventLog]:
         container_log=args.container_log,
         bind_keys=tuple(args.bind_key or (Path(p) for p in (_env("--bind-key") or "").split(",") if p)),
         timeout=args.timeout,
+        tpm_timeout=args.tpm_timeout,
         interval=getattr(args, "interval", DEFAULT_INTERVAL),
         max_backoff=getattr(args, "max_backoff", DEFAULT_MAX_BACKOFF),
     )

@@ -12,7 +12,9 @@ logged as one line without a traceback; only a bug earns one.
 
 The TPM is opened for each burst of TPM work and closed before talking to the network: a TPM
 without a resource manager (swtpm, /dev/tpm0) serves one client at a time, and other tools
-on the node must not wait on the verifier's latency.
+on the node must not wait on the verifier's latency. Each burst runs under a deadline
+(--tpm-timeout): tpm2-tss waits for a TPM's answer forever, so a hung TPM (or a stopped swtpm)
+would otherwise hang the agent for good instead of failing the round.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ import random
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 
@@ -72,6 +75,7 @@ from attest.errors import TpmError
 from attest.pcrselect import PcrSelection
 from attest.reasons import Reason
 from attest.tpm import AttestationKey, Tpm, activate_credential, create_ek, quote
+from attest.tpm.ek import EkCertificate
 from attest.tpm.session import DEFAULT_TCTI
 from attest.verify.quote import ak_name
 from attest.wire import ActivateRequest, EnrollRequest, Evidence, ReasonOut, VerdictOut
@@ -85,6 +89,9 @@ BACKOFF_JITTER = 0.2
 # work takes well under a second; only a network call can hold it longer, and an abandoned
 # challenge costs the verifier nothing (nonces expire).
 SHUTDOWN_GRACE = 5.0
+# How long one burst of TPM work may take. A quote takes well under a second, but creating an
+# RSA EK on a slow discrete TPM can take tens of seconds.
+DEFAULT_TPM_TIMEOUT = 120.0
 _EXPECTED_ERRORS = (VerifierError, TpmError, LogError, ContainerLogError)
 
 
@@ -105,6 +112,7 @@ class AgentConfig:
     timeout: float = DEFAULT_TIMEOUT
     interval: float = DEFAULT_INTERVAL
     max_backoff: float = DEFAULT_MAX_BACKOFF
+    tpm_timeout: float = DEFAULT_TPM_TIMEOUT
 
 
 # --- structured logs --------------------------------------------------------------------------
@@ -215,6 +223,47 @@ class Stopped(Exception):
     """Shutdown was asked for between two steps of a round."""
 
 
+T = TypeVar("T")
+
+
+class TpmDeadline:
+    """Runs TPM work in a thread of its own and gives up waiting after `timeout` seconds.
+
+    A call blocked in tpm2-tss cannot be interrupted, so a timed-out worker is left behind until
+    the TPM answers or its connection breaks; while it is, later calls fail at once rather than
+    queueing more threads on a TPM that serves one client at a time."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._stuck: threading.Thread | None = None
+        self._stuck_since = 0.0
+
+    def call(self, action: str, work: Callable[[], T]) -> T:
+        if self._stuck is not None:
+            if self._stuck.is_alive():
+                waited = time.monotonic() - self._stuck_since
+                raise TpmError(f"{action}: the TPM has not answered a command sent {waited:.0f} s ago")
+            self._stuck = None
+        outcome: list[T] = []
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                outcome.append(work())
+            except BaseException as e:
+                failure.append(e)
+
+        worker = threading.Thread(target=run, name="attest-tpm", daemon=True)
+        worker.start()
+        worker.join(self.timeout)
+        if worker.is_alive():
+            self._stuck, self._stuck_since = worker, time.monotonic() - self.timeout
+            raise TpmError(f"{action}: the TPM did not answer within {self.timeout:g} s")
+        if failure:
+            raise failure[0]
+        return outcome[0]
+
+
 def ek_fingerprint(public_pem: bytes) -> str:
     """SHA-256 of the EK's SubjectPublicKeyInfo: the value an operator enrolls with attestctl."""
     key = serialization.load_pem_public_key(public_pem)
@@ -247,21 +296,30 @@ class Agent:
         # Checked against the TPM once per process, and again after any TPM failure.
         self._ak: AttestationKey | None = None
         self._container_log_reconciled = False
+        self._deadline = TpmDeadline(config.tpm_timeout)
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
             raise Stopped
 
-    def _tpm(self) -> Tpm:
-        return Tpm(self.config.tcti)
+    def _with_tpm(self, action: str, work: Callable[[Tpm], T]) -> T:
+        """`work` on a freshly opened TPM, closed afterwards, under the TPM deadline."""
+
+        def opened() -> T:
+            with Tpm(self.config.tcti) as tpm:
+                return work(tpm)
+
+        return self._deadline.call(action, opened)
 
     # enrollment
 
     def ensure_enrolled(self) -> AttestationKey:
         """The AK, enrolled with this verifier under this node name (enrolling if needed)."""
         if self._ak is None:
-            with self._tpm() as tpm:
-                status = load_usable_ak(tpm, self.config.state_dir, self.config.ak_alg)
+            status = self._with_tpm(
+                "loading the attestation key",
+                lambda tpm: load_usable_ak(tpm, self.config.state_dir, self.config.ak_alg),
+            )
             if status.replaced_because is not None:
                 self.log.error(
                     "ak.replaced",
@@ -284,8 +342,12 @@ class Agent:
         """Credential activation: the verifier encrypts a secret to our EK, bound to our AK's
         name; only this TPM, holding both, can recover it."""
         node = self.config.node
-        with self._tpm() as tpm, create_ek(tpm, self.config.ek_kind) as ek:
-            kind, ek_public, ek_pem, cert = ek.kind, ek.public, ek.public_pem, ek.certificate
+
+        def read_ek(tpm: Tpm) -> tuple[str, bytes, bytes, EkCertificate | None]:
+            with create_ek(tpm, self.config.ek_kind) as ek:
+                return ek.kind, ek.public, ek.public_pem, ek.certificate
+
+        kind, ek_public, ek_pem, cert = self._with_tpm("reading the endorsement key", read_ek)
         fingerprint = ek_fingerprint(ek_pem)
         self.log.info(
             "enroll.start",
@@ -313,10 +375,12 @@ class Agent:
                 )
             raise
         self._check_stop()
-        with self._tpm() as tpm:
-            secret = activate_credential(
+        secret = self._with_tpm(
+            "activating the credential",
+            lambda tpm: activate_credential(
                 tpm, ak, challenge.credential_blob, challenge.encrypted_secret, ek_kind=kind
-            )
+            ),
+        )
         result = self.client.activate(challenge.enrollment_id, ActivateRequest(secret=secret))
         if result.ak_name != name or result.node != node:
             raise ProtocolError(
@@ -356,7 +420,10 @@ class Agent:
         if not path.exists():
             return
         try:
-            done = reconcile_container_log(path, self.config.tcti, lock_timeout=READ_LOCK_TIMEOUT)
+            done = self._deadline.call(
+                "reconciling the container log",
+                lambda: reconcile_container_log(path, self.config.tcti, lock_timeout=READ_LOCK_TIMEOUT),
+            )
         except (ContainerLogError, TpmError) as e:
             self.log.warning("container_log.unreconciled", path=str(path), message=str(e))
             return
@@ -391,8 +458,7 @@ class Agent:
         except ValueError as e:
             raise ProtocolError(f"challenge selects PCRs {challenge.selection!r}: {e}") from None
         self._check_stop()
-        with self._tpm() as tpm:
-            q = quote(tpm, ak, challenge.nonce, selection)
+        q = self._with_tpm("quoting", lambda tpm: quote(tpm, ak, challenge.nonce, selection))
         self._check_stop()
         # Logs are read after the quote: a list longer than the quote is fine (the verifier
         # stops where PCR 10 matches), a shorter one could never replay to it.
