@@ -11,7 +11,9 @@ import re
 import secrets
 from typing import TYPE_CHECKING, Final
 
+import anyio
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from attest import __version__
 from attest.store.api import Store
@@ -20,7 +22,8 @@ from webhook import errors, health, routes_admin, routes_admission, routes_agent
 from webhook.admin import Admin
 from webhook.config import Settings
 from webhook.metrics import Metrics
-from webhook.middleware import BodyLimit, RequestContext
+from webhook.middleware import AgentLimits, BodyLimit, RequestContext
+from webhook.ratelimit import ConcurrencyGate, RateLimiter
 from webhook.service import Clock, RandomBytes, Verifier, utcnow
 
 if TYPE_CHECKING:
@@ -80,6 +83,21 @@ def create_app(
             (admission, max(settings.max_request_bytes, routes_admission.ADMISSION_BODY_LIMIT)),
         ],
         on_reject=lambda reason: metrics.requests_rejected.labels(reason).inc(),
+    )
+    # Agent work gets threads of its own (routes_agent.agent_thread): however much of it there
+    # is, the default pool stays free for the other routes' blocking calls.
+    concurrency = settings.max_agent_concurrency
+    app.state.agent_threads = anyio.CapacityLimiter(concurrency) if concurrency else None
+    gate = ConcurrencyGate(concurrency, settings.agent_queue) if concurrency else None
+    if gate is not None:
+        metrics.agent_requests.labels("active").set_function(lambda: gate.active)
+        metrics.agent_requests.labels("queued").set_function(lambda: gate.waiting)
+    app.add_middleware(
+        AgentLimits,
+        paths=[r.path_regex for r in routes_agent.router.routes if isinstance(r, APIRoute)],
+        gate=gate,
+        buckets=RateLimiter(settings.node_rate, settings.node_burst) if settings.node_rate else None,
+        on_shed=lambda reason: metrics.requests_rejected.labels(reason).inc(),
     )
     app.add_middleware(RequestContext)  # added last: outermost, so it sees every failure
     return app

@@ -77,6 +77,11 @@ class Settings:
     csr_grace: dt.timedelta = dt.timedelta(minutes=10)
     node_taint_noexecute: bool = False
     lease_name: str = "attest-verifier"
+    # Overload (docs/verifier.md "Overload"); 0 turns each off.
+    max_agent_concurrency: int = 8
+    agent_queue: int = 32
+    node_rate: float = 0.2
+    node_burst: int = 10
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,23 @@ OPTIONS: Final = (
         boolean=True,
     ),
     Option("lease_name", "NAME", "the Lease replicas elect the controllers' leader with, in their namespace"),
+    Option(
+        "max_agent_concurrency",
+        "N",
+        "agent API requests served at once, on threads of their own; 0: no limit",
+    ),
+    Option(
+        "agent_queue",
+        "N",
+        "agent API requests that may wait for one of those; beyond, 503 overloaded with Retry-After",
+    ),
+    Option(
+        "node_rate",
+        "PER_SECOND",
+        "agent API requests a second per node and client address (enrollment: per address); "
+        "beyond, 429 rate_limited with Retry-After; 0: no limit",
+    ),
+    Option("node_burst", "N", "agent API requests a node may make at once before --node-rate applies"),
 )
 _BY_KEY: Final = {o.key: o for o in OPTIONS}
 
@@ -379,6 +401,28 @@ def _bytes(key: str) -> Callable[[str], dict[str, Any]]:
     return parse
 
 
+def _count(key: str, minimum: int) -> Callable[[str], dict[str, Any]]:
+    def parse(value: str) -> dict[str, Any]:
+        if not value.strip().isdigit() or int(value) < minimum:
+            raise ValueError(f"{value!r} is not a whole number of at least {minimum}")
+        return {key: int(value)}
+
+    return parse
+
+
+def _rate(key: str) -> Callable[[str], dict[str, Any]]:
+    def parse(value: str) -> dict[str, Any]:
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = math.nan
+        if not math.isfinite(rate) or rate < 0:
+            raise ValueError(f"{value!r} is not a number of requests a second (0: no limit)")
+        return {key: rate}
+
+    return parse
+
+
 def _boolean(key: str) -> Callable[[str | bool], dict[str, Any]]:
     def parse(value: str | bool) -> dict[str, Any]:
         if isinstance(value, bool):
@@ -463,4 +507,8 @@ _PARSERS: Final[dict[str, Callable[[Any], dict[str, Any]]]] = {
     "csr_grace": _seconds("csr_grace"),
     "node_taint_noexecute": _boolean("node_taint_noexecute"),
     "lease_name": _lease_name,
+    "max_agent_concurrency": _count("max_agent_concurrency", 0),
+    "agent_queue": _count("agent_queue", 0),
+    "node_rate": _rate("node_rate"),
+    "node_burst": _count("node_burst", 1),
 }

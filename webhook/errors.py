@@ -34,6 +34,8 @@ REQUEST_TOO_LARGE: Final = "request_too_large"
 UNSUPPORTED_ENCODING: Final = "unsupported_content_encoding"
 STORE_UNAVAILABLE: Final = "store_unavailable"
 CONFLICT: Final = "conflict"
+OVERLOADED: Final = "overloaded"
+RATE_LIMITED: Final = "rate_limited"
 INTERNAL_ERROR: Final = Reason.INTERNAL_ERROR.value
 
 RETRY_AFTER_SECONDS: Final = 5

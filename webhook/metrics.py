@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -80,7 +80,7 @@ class Metrics:
         )
         self.requests_rejected = Counter(
             "attest_requests_rejected",
-            "Requests refused before reaching a route (too_large, content_encoding)",
+            "Requests refused before reaching a route: too_large, content_encoding, overloaded, rate_limited",
             ["reason"],
             registry=self.registry,
         )
@@ -95,6 +95,12 @@ class Metrics:
             "Time to decide one admission request, its store reads included",
             ["resource"],
             buckets=_ADMISSION_BUCKETS,
+            registry=self.registry,
+        )
+        self.agent_requests = Gauge(
+            "attest_agent_requests",
+            "Agent API requests being served (active) and waiting for a slot (queued)",
+            ["state"],
             registry=self.registry,
         )
         self.registry.register(_NodeStates(node_states))

@@ -1,8 +1,10 @@
-"""ASGI middleware: request ids and the last-resort 500, and request size limits.
+"""ASGI middleware: request ids and the last-resort 500, request size limits, and the agent
+API's overload shedding and per-node rate limits.
 
-Both are plain ASGI so they see bytes as they arrive: the size limit stops reading a body the
+All are plain ASGI so they see bytes as they arrive: the size limit stops reading a body the
 moment it passes the limit instead of buffering it first, and a Content-Encoding other than
 identity is refused outright (the service never decompresses, so no decompression bomb).
+Shedding and rate limits answer before a body is read, so a refusal costs next to nothing.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from webhook.errors import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
+    OVERLOADED,
+    RATE_LIMITED,
     REQUEST_TOO_LARGE,
+    RETRY_AFTER_SECONDS,
     UNSUPPORTED_ENCODING,
     error_response,
 )
+from webhook.ratelimit import ConcurrencyGate, RateLimiter, retry_after
 
 log = logging.getLogger(__name__)
 
@@ -156,3 +162,73 @@ class BodyLimit:
         response = error_response(413, REQUEST_TOO_LARGE, f"request body larger than {limit} bytes")
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
+
+
+class AgentLimits:
+    """Sheds agent API requests (`paths`, whose `node` group names the node) before their body
+    is read; every other route passes untouched, so admission, probes and metrics are never
+    shed and never wait behind agent work.
+
+    With the gate full (serving its limit, its queue too), 503 `overloaded`. Otherwise the
+    request takes a token from its bucket, keyed by node name and client address (enrollment
+    has no node yet: by address alone), or is answered 429 `rate_limited`; keying by address
+    too means that someone else asking for challenges in a node's name does not spend the
+    node's own tokens. Then it waits for the gate, in order, and is served.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        paths: Sequence[re.Pattern[str]],
+        gate: ConcurrencyGate | None,
+        buckets: RateLimiter | None,
+        on_shed: Callable[[str], None],
+    ) -> None:
+        self.app = app
+        self.paths = tuple(paths)
+        self.gate = gate
+        self.buckets = buckets
+        self.on_shed = on_shed
+
+    def key_for(self, scope: Scope) -> tuple[str | None, str | None] | None:
+        """(node, client address) of an agent API request; None for any other request."""
+        for pattern in self.paths:
+            match = pattern.match(scope["path"])
+            if match:
+                client = scope.get("client")
+                return match.groupdict().get("node"), client[0] if client else None
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = self.key_for(scope) if scope["type"] == "http" else None
+        if key is None:
+            await self.app(scope, receive, send)
+            return
+        if self.gate is not None and self.gate.full():
+            self.on_shed(OVERLOADED)
+            response = error_response(
+                503,
+                OVERLOADED,
+                "the verifier is serving as many agent requests as it can; retry later",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+            await response(scope, receive, send)
+            return
+        wait = self.buckets.take(key) if self.buckets is not None else 0.0
+        if wait:
+            self.on_shed(RATE_LIMITED)
+            who = f"node {key[0]} from this address" if key[0] else "this address"
+            response = error_response(
+                429,
+                RATE_LIMITED,
+                f"too many agent requests for {who}; retry in {wait:.1f} s",
+                headers={"Retry-After": retry_after(wait)},
+            )
+            await response(scope, receive, send)
+            return
+        if self.gate is None:
+            await self.app(scope, receive, send)
+            return
+        async with self.gate:
+            await self.app(scope, receive, send)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
+import anyio
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -29,27 +30,37 @@ EVIDENCE_PATH: Final = API_PREFIX + "/nodes/{node}/evidence"
 router = APIRouter(prefix=API_PREFIX, tags=["agent"])
 
 _ERRORS: Final[dict[int | str, dict[str, Any]]] = {
-    status: {"model": ErrorOut} for status in (400, 403, 404, 409, 410, 413, 415, 503)
+    status: {"model": ErrorOut} for status in (400, 403, 404, 409, 410, 413, 415, 429, 503)
 }
 _REJECTED: Final = {"model": ErrorOut, "description": "the quote did not verify: no verdict was stored"}
 _EVIDENCE_BODY: Final = {"application/json": {"schema": Evidence.model_json_schema()}}
+_T = TypeVar("_T")
 
 
-# Plain `def` routes: FastAPI runs them in a worker thread, as their store calls block.
+async def agent_thread(request: Request, fn: Callable[..., _T], *args: Any) -> _T:
+    """Run blocking agent work (store calls, parsing, appraisal) in a worker thread under the
+    agent API's own limiter (webhook.app), not the pool the other routes share."""
+    return await anyio.to_thread.run_sync(fn, *args, limiter=request.app.state.agent_threads)
+
+
 @router.post("/enroll", responses=_ERRORS)
-def enroll(body: EnrollRequest, verifier: VerifierDep) -> EnrollChallenge:
-    return verifier.enroll(body)
+async def enroll(body: EnrollRequest, request: Request, verifier: VerifierDep) -> EnrollChallenge:
+    return await agent_thread(request, verifier.enroll, body)
 
 
 @router.post("/enroll/{enrollment_id}/activate", responses=_ERRORS)
-def activate(enrollment_id: EnrollmentId, body: ActivateRequest, verifier: VerifierDep) -> EnrollResult:
-    return verifier.activate(enrollment_id, body)
+async def activate(
+    enrollment_id: EnrollmentId, body: ActivateRequest, request: Request, verifier: VerifierDep
+) -> EnrollResult:
+    return await agent_thread(request, verifier.activate, enrollment_id, body)
 
 
 @router.post("/nodes/{node}/challenge", responses=_ERRORS)
-def challenge(node: NodeName, verifier: VerifierDep, body: ChallengeRequest | None = None) -> Challenge:
+async def challenge(
+    node: NodeName, request: Request, verifier: VerifierDep, body: ChallengeRequest | None = None
+) -> Challenge:
     # The body is optional: agents that bind no key (and older ones) send none.
-    return verifier.challenge(node, body)
+    return await agent_thread(request, verifier.challenge, node, body)
 
 
 def _parse_evidence(body: bytes) -> Evidence:
@@ -70,5 +81,5 @@ async def evidence(node: NodeName, request: Request, verifier: VerifierDep) -> V
     # work that would stall every other request if it ran on the event loop.
     if not is_json(request.headers.get("content-type")):
         raise BadRequest(INVALID_REQUEST, JSON_REQUIRED)
-    parsed = await run_in_threadpool(_parse_evidence, await request.body())
-    return await run_in_threadpool(verifier.submit_evidence, node, parsed)
+    parsed = await agent_thread(request, _parse_evidence, await request.body())
+    return await agent_thread(request, verifier.submit_evidence, node, parsed)
