@@ -7,7 +7,6 @@ import gc
 import logging
 import os
 import signal
-import ssl
 import sys
 from collections.abc import Sequence
 from typing import Final
@@ -16,6 +15,7 @@ from attest import __version__
 from attest.errors import UsageError
 from webhook.config import CONFIG_ENV, ENV_PREFIX, OPTIONS, Settings, default_text, load_settings
 from webhook.middleware import RequestIdFilter
+from webhook.tls import ServerTls
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
@@ -37,7 +37,9 @@ name as key (tls_cert: /etc/attest/tls.crt), or in the environment as {ENV_PREFI
 (e.g. {ENV_PREFIX}NONCE_TTL=30; lists comma-separated). Flags override the environment,
 which overrides the file.
 
-Serving is HTTPS only (TLS 1.2 or later): --tls-cert and --tls-key are required.
+Serving is HTTPS only (TLS 1.2 or later; in 1.2 ECDHE with AES-GCM or ChaCha20-Poly1305):
+--tls-cert and --tls-key are required. A renewed certificate and key written to those paths
+are served from the next connection on, without a restart.
 
 Endpoints: the agent API under /v1 (enroll, activate, challenge, evidence), the admin API
 under /v1/admin (bearer token from --admin-token-file; disabled without one), /healthz,
@@ -82,17 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext:
-    """The server's TLS: 1.2 or later, the configured certificate chain and key."""
+def tls_context(settings: Settings) -> ServerTls:
+    """The server's TLS (webhook.tls): the configured pair, renewed in place when its files change."""
     if settings.tls_cert is None or settings.tls_key is None:
         raise UsageError("--tls-cert and --tls-key are required: the verifier never serves plain HTTP")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
-    except (ssl.SSLError, OSError) as e:
-        raise UsageError(f"--tls-cert/--tls-key: not a usable certificate and key ({e})") from None
-    return ctx
+    return ServerTls(settings.tls_cert, settings.tls_key)
 
 
 def _configure_logging(level: str) -> None:
@@ -124,7 +120,7 @@ def serve(settings: Settings) -> int:
     from webhook.app import create_app
     from webhook.k8s.client import controllers_enabled, load_config
 
-    ctx = tls_context(settings)
+    tls = tls_context(settings)
     kube = (
         load_config(settings.kubeconfig)
         if controllers_enabled(settings.controllers, settings.kubeconfig)
@@ -147,7 +143,7 @@ def serve(settings: Settings) -> int:
             # fails at start instead of silently serving slower (docs/admission.md).
             loop="uvloop",
             http="httptools",
-            ssl_context_factory=lambda _config, _default: ctx,
+            ssl_context_factory=lambda _config, _default: tls.context,
             log_config=None,  # ours, with request ids
             log_level=settings.log_level,
             proxy_headers=False,  # client addresses from the connection, never from a header

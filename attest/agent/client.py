@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 from attest import __version__
 from attest.errors import UsageError
 from attest.reasons import Reason
+from attest.tlspolicy import harden
 from attest.wire import (
     API_PREFIX,
     ActivateRequest,
@@ -112,8 +113,7 @@ def tls_context(ca_cert: Path) -> ssl.SSLContext:
         raise UsageError(f"--ca-cert {ca_cert}: no such file") from None
     except (ssl.SSLError, OSError) as e:
         raise UsageError(f"--ca-cert {ca_cert}: not a readable PEM CA certificate ({e})") from None
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
+    return harden(ctx)
 
 
 def check_verifier_url(url: str) -> str:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from attest import __version__
 from attest.cli._common import CommandError, input_file_errors
 from attest.errors import UsageError
+from attest.tlspolicy import harden
 from attest.wire import (
     API_PREFIX,
     AuditRecordOut,
@@ -117,11 +118,12 @@ def load_token(path: str) -> str:
 
 
 def tls_context(ca_cert: str) -> ssl.SSLContext:
-    """Trust exactly the given CA: with a cafile, create_default_context loads no system roots."""
+    """Trust exactly the given CA (with a cafile, create_default_context loads no system roots),
+    over the TLS every party speaks (attest.tlspolicy)."""
     if not os.path.isfile(ca_cert):
         raise UsageError(f"CA file {ca_cert}: no such file")
     try:
-        return ssl.create_default_context(cafile=ca_cert)
+        return harden(ssl.create_default_context(cafile=ca_cert))
     except ssl.SSLError as e:
         raise UsageError(f"CA file {ca_cert}: no PEM certificate in it ({e.reason or e})") from None
     except PermissionError:
