@@ -19,6 +19,7 @@ from typing import Final
 
 import yaml
 
+from attest import boundedyaml
 from attest.errors import ParseError
 from attest.pcrselect import PcrSelection
 from attest.reasons import Reason
@@ -37,6 +38,8 @@ Selection = PcrSelection | TpmlPcrSelection
 
 # Anything larger is not a PCR file: refuse before reading it (YAML parsing is not cheap).
 MAX_PCR_FILE: Final = 64 * 1024
+# tpm2_quote's YAML nests three deep (pcrs: sha256: 0: 0x..); no aliases either (attest.boundedyaml).
+MAX_PCR_YAML_DEPTH: Final = 8
 
 # tpm2-tools' in-memory layout (tss2 types on a little-endian host): TPML_PCR_SELECTION is a
 # UINT32 count and 16 TPMS_PCR_SELECTION of {UINT16 hash, UINT8 sizeofSelect, BYTE[4]} padded
@@ -221,7 +224,7 @@ def parse_pcrread_yaml(text: str) -> PcrValues:
     try:
         # BaseLoader keeps every scalar a string: the other loaders read 0x... as an integer
         # and lose the leading zero bytes. It constructs no objects, so it is safe.
-        doc = yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506
+        doc = boundedyaml.load(text, boundedyaml.BaseLoader, MAX_PCR_YAML_DEPTH)
     except yaml.YAMLError as e:
         raise _malformed(f"PCR YAML does not parse: {e}") from None
     if isinstance(doc, dict) and "pcrs" in doc:
@@ -231,12 +234,12 @@ def parse_pcrread_yaml(text: str) -> PcrValues:
     banks: dict[str, dict[int, bytes]] = {}
     for name, entries in doc.items():
         if not isinstance(entries, dict) or len(entries) > PCR_COUNT:
-            raise _malformed(f"PCR YAML bank {name!r} is not a mapping of PCR indices")
+            raise _malformed(f"PCR YAML bank {name!r:.40} is not a mapping of PCR indices")
         bank: dict[int, bytes] = {}
         for index, value in entries.items():
             m = _YAML_VALUE.match(value) if isinstance(value, str) else None
             if m is None or not isinstance(index, str) or not _YAML_INDEX.match(index):
-                raise _malformed(f"PCR YAML bank {name!r}: bad entry {index!r}: {value!r}")
+                raise _malformed(f"PCR YAML bank {name!r:.40}: bad entry {index!r:.40}: {value!r:.80}")
             bank[int(index)] = bytes.fromhex(m[1])
         banks[name] = bank
     return PcrValues(banks)

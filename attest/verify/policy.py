@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from attest import boundedyaml
 from attest.containerlog import CONTAINER_PCR, ContainerEntry
 from attest.errors import ParseError
 from attest.reasons import Finding, Reason
@@ -30,6 +31,9 @@ from attest.verify.ima import BOOT_AGGREGATE, ImaEntry
 
 POLICY_VERSION = 1
 MAX_POLICY_BYTES = 16 * 1024 * 1024
+# The schema nests four deep (policy.boot.pcrs.0: [...]); deeper is not a policy (and no
+# alias is allowed either: attest.boundedyaml).
+MAX_POLICY_DEPTH = 16
 
 EFI_GLOBAL_VARIABLE = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 EFI_IMAGE_SECURITY_DATABASE = "d719b2cb-3d3a-4596-a3bc-dad00e67656f"
@@ -243,12 +247,14 @@ def load_policy(text: str | bytes) -> Policy:
     if len(text) > MAX_POLICY_BYTES:
         raise _invalid("policy", f"larger than {MAX_POLICY_BYTES} bytes")
     try:
-        doc = yaml.safe_load(text)
+        doc = boundedyaml.load(text, boundedyaml.SafeLoader, MAX_POLICY_DEPTH)
+    except boundedyaml.ShapeError as e:
+        raise _invalid("policy", str(e)) from None
     except yaml.YAMLError as e:
         raise _invalid("policy", f"not YAML: {e}".splitlines()[0]) from None
     d = _mapping(doc, "policy", ("version", "name", "bank", "allow_sha1", "boot", "ima", "containers"))
     if d.get("version") != POLICY_VERSION:
-        raise _invalid("policy.version", f"must be {POLICY_VERSION}, got {d.get('version')!r}")
+        raise _invalid("policy.version", f"must be {POLICY_VERSION}, got {d.get('version')!r:.60}")
     name = d.get("name")
     if not isinstance(name, str) or not name:
         raise _invalid("policy.name", "must be a non-empty string")
@@ -256,7 +262,7 @@ def load_policy(text: str | bytes) -> Policy:
     try:
         size = hash_alg(str(bank)).size
     except KeyError:
-        raise _invalid("policy.bank", f"unknown bank {bank!r}") from None
+        raise _invalid("policy.bank", f"unknown bank {bank!r:.60}") from None
     allow_sha1 = _bool(d.get("allow_sha1", False), "policy.allow_sha1")
     if bank == "sha1" and not allow_sha1:
         raise _invalid("policy.bank", "a SHA-1 policy needs allow_sha1: true")
