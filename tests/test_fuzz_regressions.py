@@ -11,11 +11,8 @@ from attest.verify.pcrs import load_pcr_file
 from attest.verify.policy import load_policy
 
 # Seven levels of ten aliases each: 10**7 list elements from 300 bytes once expanded.
-ALIAS_BOMB = (
-    "a: &a [x,x,x,x,x,x,x,x,x,x]\n"
-    + "".join(
-        f"{b}: &{b} [{','.join([f'*{a}'] * 10)}]\n" for a, b in zip("abcdef", "bcdefg", strict=True)
-    )
+ALIAS_BOMB = "a: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
+    f"{b}: &{b} [{','.join([f'*{a}'] * 10)}]\n" for a, b in zip("abcdef", "bcdefg", strict=True)
 )
 
 
