@@ -406,6 +406,54 @@ def test_verdict_for_unknown_or_revoked_node(store: SqlStore) -> None:
     assert revoked.value.code is Reason.NODE_REVOKED
 
 
+def test_round_state_reads_node_policy_version_and_nonce_without_consuming(store: SqlStore) -> None:
+    empty = store.round_state("node-1", "base")
+    assert (empty.node, empty.policy, empty.nonce) == (None, None, None)
+    enroll(store)
+    store.put_policy("base", "v1")
+    v2 = store.put_policy("base", "v2")
+    store.issue_nonce(nonce())
+    state = store.round_state("node-1", "base", b"n" * 32, NOW)
+    assert state.node == store.get_node("node-1")
+    assert state.policy == (2, v2.digest)
+    assert state.nonce == nonce()
+    # Only read: the nonce is still there to consume, and is refused as consume_nonce would.
+    assert store.round_state("node-1", "base", b"n" * 32, NOW).nonce == nonce()
+    for node, value, at, code in [
+        ("node-1", b"x" * 32, NOW, Reason.NONCE_UNKNOWN),
+        ("node-2", b"n" * 32, NOW, Reason.NONCE_WRONG_NODE),
+        ("node-1", b"n" * 32, NOW + dt.timedelta(seconds=60), Reason.NONCE_EXPIRED),
+    ]:
+        with pytest.raises(NonceRejected) as e:
+            store.round_state(node, "base", value, at)
+        assert e.value.code is code
+    store.consume_nonce("node-1", b"n" * 32, NOW)
+    with pytest.raises(NonceRejected) as reused:
+        store.round_state("node-1", "base", b"n" * 32, NOW)
+    assert reused.value.code is Reason.NONCE_REUSED
+
+
+def test_verdict_consumes_its_nonce_in_its_transaction_once(store: SqlStore) -> None:
+    enroll(store)
+    store.issue_nonce(nonce())
+    store.record_verdict(verdict(trusted=False), {"clock": 1}, None, b"n" * 32)
+    audit = len(store.audit_records())
+    # The same nonce again (a second submission that lost the race): refused, nothing stored.
+    with pytest.raises(NonceRejected) as e:
+        store.record_verdict(verdict(at=NOW + dt.timedelta(seconds=1)), {"clock": 2}, None, b"n" * 32)
+    assert e.value.code is Reason.NONCE_REUSED
+    node = store.get_node("node-1")
+    assert node is not None
+    assert (node.last_verdict, node.clock) == (verdict(trusted=False), {"clock": 1})
+    assert len(store.audit_records()) == audit
+    # A verdict that fails (the node was revoked meanwhile) leaves its nonce unconsumed.
+    store.issue_nonce(nonce(value=b"m" * 32))
+    store.revoke_node("node-1", "x")
+    with pytest.raises(Conflict):
+        store.record_verdict(verdict(), None, None, b"m" * 32)
+    assert store.consume_nonce("node-1", b"m" * 32, NOW).nonce == b"m" * 32
+
+
 def test_verdict_reasons_are_bounded_in_the_audit_record(store: SqlStore) -> None:
     enroll(store)
     many = [{"code": "policy_ima_not_allowed", "message": f"file {i}"} for i in range(120)]

@@ -252,10 +252,10 @@ def test_database_down(api: Api, node: SoftNode) -> None:
 
 
 def test_unexpected_error_is_500_without_a_traceback(api: Api, node: SoftNode, monkeypatch: Any) -> None:
-    def broken(name: str) -> None:
+    def broken(*args: Any) -> None:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(api.store, "get_node", broken)
+    monkeypatch.setattr(api.store, "round_state", broken)
     r = api.client.post(f"/v1/nodes/{node.name}/challenge")
     body = error(r, 500)
     assert body.code == "internal_error"

@@ -36,6 +36,7 @@ from attest.store.api import (
     NonceRejected,
     NotFound,
     PolicyRecord,
+    RoundState,
     StoreUnavailable,
     VerdictRecord,
 )
@@ -180,6 +181,11 @@ class FakeStore:
         self.nonces[record.nonce] = (record, False)
 
     def consume_nonce(self, node: str, nonce: bytes, now: dt.datetime) -> NonceRecord:
+        record = self._usable_nonce(node, nonce, now)
+        self.nonces[nonce] = (record, True)
+        return record
+
+    def _usable_nonce(self, node: str, nonce: bytes, now: dt.datetime) -> NonceRecord:
         if nonce not in self.nonces:
             raise NonceRejected("unknown nonce", Reason.NONCE_UNKNOWN)
         record, used = self.nonces[nonce]
@@ -189,17 +195,34 @@ class FakeStore:
             raise NonceRejected("nonce reused", Reason.NONCE_REUSED)
         if now >= record.expires_at:
             raise NonceRejected("nonce expired", Reason.NONCE_EXPIRED)
-        self.nonces[nonce] = (record, True)
         return record
 
+    def round_state(
+        self, node: str, policy: str, nonce: bytes | None = None, now: dt.datetime | None = None
+    ) -> RoundState:
+        record = None
+        if nonce is not None:
+            record = self._usable_nonce(node, nonce, now or self.clock())
+        versions = self.policies.get(policy)
+        latest = versions[-1] if versions else None
+        return RoundState(
+            self.nodes.get(node), None if latest is None else (latest.version, latest.digest), record
+        )
+
     def record_verdict(
-        self, verdict: VerdictRecord, clock: dict[str, Any] | None, ima_state: dict[str, Any] | None
+        self,
+        verdict: VerdictRecord,
+        clock: dict[str, Any] | None,
+        ima_state: dict[str, Any] | None,
+        nonce: bytes | None = None,
     ) -> None:
         node = self.nodes.get(verdict.node)
         if node is None:
             raise NotFound(f"no node {verdict.node}")
         if node.revoked_at is not None:
             raise Conflict("node revoked", Reason.NODE_REVOKED)
+        if nonce is not None:
+            self.consume_nonce(verdict.node, nonce, verdict.appraised_at)
         self.nodes[verdict.node] = dataclasses.replace(
             node,
             last_verdict=verdict,

@@ -37,6 +37,7 @@ from attest.store.api import (
     NonceRecord,
     NonceRejected,
     PolicyRecord,
+    RoundState,
     Store,
     StoreError,
     VerdictRecord,
@@ -148,6 +149,7 @@ class PolicyCache:
         self._parsed: OrderedDict[str, Policy] = OrderedDict()
         self._monotonic = monotonic
         self._active: tuple[float, ActivePolicy | None] | None = None  # (read at, what was read)
+        self._versions: dict[str, ActivePolicy] = {}  # the latest version seen, by policy name
 
     def recent(self, max_age: float) -> tuple[ActivePolicy | None] | None:
         """(the active policy,) as last read, if that was less than max_age seconds ago; None
@@ -165,6 +167,25 @@ class PolicyCache:
 
     def now(self) -> float:
         return self._monotonic()
+
+    def latest(
+        self, name: str, version: tuple[int, str] | None, read: Callable[[int], PolicyRecord | None]
+    ) -> ActivePolicy | None:
+        """The policy `name` at `version` ((version, digest), as Store.round_state reads it),
+        parsed; `read(version)` fetches its text the first time that version is asked for."""
+        if version is None:
+            return None
+        with self._lock:
+            known = self._versions.get(name)
+        if known is not None and (known.record.version, known.record.digest) == version:
+            return known
+        record = read(version[0])
+        if record is None:  # deleted between the two reads: there is no such version
+            return None
+        active = ActivePolicy(record, self.load(record))
+        with self._lock:
+            self._versions[name] = active
+        return active
 
     def load(self, record: PolicyRecord) -> Policy:
         with self._lock:
@@ -346,7 +367,10 @@ class Verifier:
     # --- attestation -----------------------------------------------------------------------
 
     def _bound_node(self, name: str) -> NodeRecord:
-        node = self.store.get_node(name)
+        return self._check_bound(name, self.store.get_node(name))
+
+    @staticmethod
+    def _check_bound(name: str, node: NodeRecord | None) -> NodeRecord:
         if node is None:
             raise Missing(Reason.AK_NOT_BOUND, f"node {name} is not enrolled: no AK is bound to it")
         if node.revoked_at is not None:
@@ -368,6 +392,22 @@ class Verifier:
         self._policies.remember(read_at, active)
         return active
 
+    def _round(
+        self, name: str, nonce: bytes | None = None, now: dt.datetime | None = None
+    ) -> tuple[NodeRecord, ActivePolicy | None, RoundState]:
+        """What a round reads, in one store read: the bound node, the latest policy (its text
+        read and parsed once per version) and, for evidence, the nonce, checked but not consumed.
+        Admission's remembered policy is refreshed with it."""
+        read_at = self._policies.now()
+        policy_name = self.settings.policy_name
+        state = self.store.round_state(name, policy_name, nonce, now)
+        node = self._check_bound(name, state.node)
+        active = self._policies.latest(
+            policy_name, state.policy, lambda version: self.store.get_policy(policy_name, version)
+        )
+        self._policies.remember(read_at, active)
+        return node, active, state
+
     def selection(self, policy: Policy | None) -> PcrSelection:
         """The configured PCRs plus every PCR the policy's rules need, so no rule goes unjudged."""
         banks = self.settings.pcrs.as_dict()
@@ -376,9 +416,8 @@ class Verifier:
         return PcrSelection.of(banks)
 
     def challenge(self, name: str, request: ChallengeRequest | None = None) -> Challenge:
-        node = self._bound_node(name)
+        node, active, _ = self._round(name)
         now = self._clock()
-        active = self.active_policy()
         selection = self.selection(active.policy if active else None)
         salt = self._random(NONCE_BYTES)
         nonce, binding = (salt, None) if not request or not request.bind else bind_nonce(salt, request.bind)
@@ -403,21 +442,22 @@ class Verifier:
     def submit_evidence(self, name: str, evidence: Evidence) -> VerdictOut:
         now = self._clock()
         try:
-            issued = self.store.consume_nonce(name, evidence.nonce, now)
+            node, active, state = self._round(name, evidence.nonce, now)
         except NonceRejected as e:
-            self.metrics.attestation("rejected", [e.code.value if e.code else "nonce_rejected"])
-            raise
-        node = self._bound_node(name)
+            self._nonce_rejected(e)
+        issued = state.nonce
+        assert issued is not None  # round_state checks the nonce it is given, or raises
         try:
             pcrs = PcrValues(
                 {b: {i: bytes.fromhex(v) for i, v in vs.items()} for b, vs in evidence.pcrs.items()}
             )
         except ValueError:
-            self._reject(name, (Finding(Reason.PCR_VALUES_MALFORMED, "a PCR value is not whole bytes"),))
+            self._reject(
+                name, issued.nonce, (Finding(Reason.PCR_VALUES_MALFORMED, "a PCR value is not whole bytes"),)
+            )
         except ParseError as e:
-            self._reject(name, (Finding(e.code, e.message),))
+            self._reject(name, issued.nonce, (Finding(e.code, e.message),))
 
-        active = self.active_policy()
         stored_ima = ReplayState.from_json(node.ima_state) if node.ima_state else None
         # Offset 0 is a whole list from boot; any other offset continues exactly where the last
         # accepted round stopped, or the entries before it would go unjudged.
@@ -450,7 +490,7 @@ class Verifier:
         # appraise() proves PCR values only once the quote verified under the AK with the issued
         # nonce and selection: without them, nothing in this evidence is provably the node's.
         if not verdict.pcrs:
-            self._reject(name, verdict.findings)
+            self._reject(name, issued.nonce, verdict.findings)
 
         extra: list[Finding] = []
         if offset_wrong:
@@ -487,9 +527,13 @@ class Verifier:
             restart_ima=bool(extra),
             bound_keys=bound_keys(issued.nonce, issued.binding),
         )
-        return self._store_verdict(judged)
+        return self._store_verdict(judged, issued.nonce)
 
-    def _store_verdict(self, r: _Round) -> VerdictOut:
+    def _nonce_rejected(self, e: NonceRejected) -> NoReturn:
+        self.metrics.attestation("rejected", [e.code.value if e.code else "nonce_rejected"])
+        raise e
+
+    def _store_verdict(self, r: _Round, nonce: bytes) -> VerdictOut:
         # IMA state advances only with a trusted verdict: an entry that failed policy must be
         # judged again next round (and fail again) until a reboot clears the list. A reset, or
         # a position the node could not continue from, starts over from the whole list.
@@ -513,7 +557,12 @@ class Verifier:
             detail=detail,
             policy=r.policy.label if r.policy else None,
         )
-        self.store.record_verdict(record, clock, None if new_ima is None else new_ima.to_json())
+        # The nonce is consumed in the verdict's transaction: another submission of it that won
+        # meanwhile makes this one a rejection, and a failure stores neither.
+        try:
+            self.store.record_verdict(record, clock, None if new_ima is None else new_ima.to_json(), nonce)
+        except NonceRejected as e:
+            self._nonce_rejected(e)
         codes = [f.code.value for f in r.findings]
         self.metrics.attestation("trusted" if r.trusted else "untrusted", codes)
         log.info("node %s appraised %s %s", r.node, "trusted" if r.trusted else "untrusted", " ".join(codes))
@@ -529,8 +578,13 @@ class Verifier:
             ima_offset=current.offset if current else 0,
         )
 
-    def _reject(self, name: str, findings: tuple[Finding, ...]) -> NoReturn:
-        """Refuse evidence whose quote did not verify: counted and audited, never a verdict."""
+    def _reject(self, name: str, nonce: bytes, findings: tuple[Finding, ...]) -> NoReturn:
+        """Refuse evidence whose quote did not verify: its nonce spent, counted and audited,
+        never a verdict."""
+        try:
+            self.store.consume_nonce(name, nonce, self._clock())
+        except NonceRejected as e:  # another submission of it was judged meanwhile
+            self._nonce_rejected(e)
         self.metrics.attestation("rejected", [f.code.value for f in findings])
         self.store.append_audit("rejected-evidence", name, {"reasons": [f.to_json() for f in findings]})
         log.warning("evidence for node %s rejected: %s", name, " ".join(f.code.value for f in findings))

@@ -110,6 +110,15 @@ class PolicyRecord:
 
 
 @dataclass(frozen=True)
+class RoundState:
+    """What an attestation round reads before it appraises, in one read (Store.round_state)."""
+
+    node: NodeRecord | None
+    policy: tuple[int, str] | None  # the latest version of the policy asked for: (version, digest)
+    nonce: NonceRecord | None = None  # the nonce asked about, valid and unconsumed when it was read
+
+
+@dataclass(frozen=True)
 class AuditRecord:
     seq: int
     at: dt.datetime
@@ -195,15 +204,29 @@ class Store(Protocol):
         NONCE_EXPIRED, checked in that order; a refusal changes nothing."""
         ...
 
+    def round_state(
+        self, node: str, policy: str, nonce: bytes | None = None, now: dt.datetime | None = None
+    ) -> RoundState:
+        """The node, the latest version of `policy` and (when asked) the nonce, read together.
+        A nonce that consume_nonce would refuse at `now` raises the same NonceRejected; it is
+        only read here, never consumed (record_verdict or consume_nonce does that)."""
+        ...
+
     def record_verdict(
         self,
         verdict: VerdictRecord,
         clock: dict[str, Any] | None,
         ima_state: dict[str, Any] | None,
+        nonce: bytes | None = None,
     ) -> None:
         """Store the verdict as the node's latest, update the carried appraisal state (only
         when given), and append the audit record: one transaction. NotFound for a node that is
-        not enrolled, Conflict(NODE_REVOKED) for a revoked one (it was revoked mid-appraisal)."""
+        not enrolled, Conflict(NODE_REVOKED) for a revoked one (it was revoked mid-appraisal).
+
+        With `nonce`, the same transaction first consumes it for the node at the verdict's
+        appraised_at, as consume_nonce does: if that is refused (another submission of the same
+        nonce won) it raises that NonceRejected and stores nothing, so a nonce yields at most
+        one verdict, and a failure anywhere leaves the nonce, the verdict and the state as they were."""
         ...
 
     def put_policy(self, name: str, text: str) -> PolicyRecord:

@@ -7,7 +7,10 @@ How the guarantees are kept (docs/store.md has the long form):
   write lock does it there), so appends are serialized across replicas and every audited
   transaction takes its locks in the same order.
 - Nonces and enrollments are consumed by one conditional UPDATE: the database, not a read
-  followed by a write, decides who wins.
+  followed by a write, decides who wins. An attestation round consumes its nonce in the
+  transaction that stores its verdict.
+- The attestation round's statements are built once (module constants with bind parameters),
+  so SQLAlchemy neither rebuilds them nor recomputes their cache keys per call.
 - Database failures surface as StoreUnavailable, never as SQLAlchemy exceptions.
 """
 
@@ -29,8 +32,10 @@ from typing import Any, Final
 from sqlalchemy import (
     Connection,
     Engine,
+    Insert,
     Row,
     Select,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -39,6 +44,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -64,6 +70,7 @@ from attest.store.api import (
     NonceRejected,
     NotFound,
     PolicyRecord,
+    RoundState,
     StoreError,
     StoreUnavailable,
     VerdictRecord,
@@ -109,6 +116,7 @@ class SqlStore:
         self._engine = engine
         self.backend: str = engine.dialect.name
         self._next_purge = 0.0
+        self._upsert_verdict = _verdict_upsert(self.backend)
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True, lock_timeout: float = 5.0) -> SqlStore:
@@ -208,8 +216,15 @@ class SqlStore:
     # --- health -----------------------------------------------------------------------------
 
     def health(self) -> Health:
+        sqlite = self.backend == "sqlite"
         try:
-            with self._tx() as conn:
+            # On SQLite a write too: reads go on under another process's write lock, or on a file
+            # that can no longer be written, while every attestation fails.
+            with self._tx(write=sqlite) as conn:
+                if sqlite:
+                    # Rewrites the header page with what it holds: a commit that reaches the WAL.
+                    version = conn.exec_driver_sql("PRAGMA user_version").scalar_one()
+                    conn.exec_driver_sql(f"PRAGMA user_version = {int(version)}")
                 counts = {
                     "nodes": conn.execute(select(func.count()).select_from(t.nodes)).scalar_one(),
                     "eks": conn.execute(
@@ -341,7 +356,7 @@ class SqlStore:
 
     def get_node(self, name: str) -> NodeRecord | None:
         with self._tx() as conn:
-            row = conn.execute(_node_query().where(t.nodes.c.name == name)).first()
+            row = conn.execute(_NODE, {"b_name": name}).first()
         return None if row is None else _node(row)
 
     def list_nodes(self) -> list[NodeRecord]:
@@ -364,36 +379,42 @@ class SqlStore:
     # --- nonces -----------------------------------------------------------------------------
 
     def issue_nonce(self, record: NonceRecord) -> None:
-        digest = _sha256(record.nonce)
+        values = {
+            "digest": _sha256(record.nonce),
+            "node": record.node,
+            "selection": record.selection,
+            "binding": record.binding,
+            "issued_at": record.issued_at,
+            "expires_at": record.expires_at,
+        }
+        # A nonce issued before violates the primary key: _tx raises Conflict.
         with self._tx(write=True) as conn:
-            if conn.execute(select(t.nonces.c.node).where(t.nonces.c.digest == digest)).first():
-                raise Conflict("this nonce was issued before")
-            conn.execute(
-                insert(t.nonces).values(
-                    digest=digest,
-                    node=record.node,
-                    selection=record.selection,
-                    binding=record.binding,
-                    issued_at=record.issued_at,
-                    expires_at=record.expires_at,
-                )
-            )
+            conn.execute(_NONCE_INSERT, values)
             self._maybe_purge(conn)
 
     def consume_nonce(self, node: str, nonce: bytes, now: dt.datetime) -> NonceRecord:
         digest = _sha256(nonce)
-        n = t.nonces.c
         with self._tx(write=True) as conn:
-            row = conn.execute(
-                update(t.nonces)
-                .where(n.digest == digest, n.node == node, n.consumed_at.is_(None), n.expires_at > now)
-                .values(consumed_at=now)
-                .returning(n.selection, n.binding, n.issued_at, n.expires_at)
-            ).first()
+            row = conn.execute(_CONSUME, {"b_digest": digest, "b_node": node, "b_now": now}).first()
             if row is None:
                 raise _nonce_refusal(conn, digest, node)
-        binding = None if row.binding is None else bytes(row.binding)
-        return NonceRecord(node, nonce, row.selection, row.issued_at, row.expires_at, binding)
+        return _nonce(node, nonce, row)
+
+    def round_state(
+        self, node: str, policy: str, nonce: bytes | None = None, now: dt.datetime | None = None
+    ) -> RoundState:
+        with self._tx() as conn:
+            row = conn.execute(_NODE, {"b_name": node}).first()
+            latest = conn.execute(_LATEST_POLICY, {"b_name": policy}).first()
+            issued = None if nonce is None else conn.execute(_NONCE, {"b_digest": _sha256(nonce)}).first()
+        record = None
+        if nonce is not None:
+            record = _nonce(node, nonce, _usable_nonce(issued, node, now or _utcnow()))
+        return RoundState(
+            node=None if row is None else _node(row),
+            policy=None if latest is None else (latest.version, latest.digest),
+            nonce=record,
+        )
 
     # --- verdicts ---------------------------------------------------------------------------
 
@@ -402,29 +423,37 @@ class SqlStore:
         verdict: VerdictRecord,
         clock: dict[str, Any] | None,
         ima_state: dict[str, Any] | None,
+        nonce: bytes | None = None,
     ) -> None:
+        node = verdict.node
         with self._tx(write=True) as conn:
             log = _Chain(conn)
-            revoked = conn.execute(select(t.nodes.c.revoked_at).where(t.nodes.c.name == verdict.node)).first()
-            if revoked is None:
-                raise NotFound(f"node {verdict.node} is not enrolled", code=Reason.AK_NOT_BOUND)
-            if revoked.revoked_at is not None:
-                raise Conflict(f"node {verdict.node} was revoked", code=Reason.NODE_REVOKED)
-            values = {
-                "trusted": verdict.trusted,
-                "appraised_at": verdict.appraised_at,
-                "expires_at": verdict.expires_at,
-                "reasons": verdict.reasons,
-                "detail": verdict.detail,
-                "policy": verdict.policy,
-            }
-            stored = conn.execute(update(t.verdicts).where(t.verdicts.c.node == verdict.node).values(values))
-            if stored.rowcount == 0:
-                conn.execute(insert(t.verdicts).values({**values, "node": verdict.node}))
-            state = {k: v for k, v in (("clock", clock), ("ima_state", ima_state)) if v is not None}
-            if state:
-                conn.execute(update(t.nodes).where(t.nodes.c.name == verdict.node).values(state))
-            log.append("verdict", verdict.node, _verdict_audit(verdict))
+            if nonce is not None:
+                digest = _sha256(nonce)
+                consumed = {"b_digest": digest, "b_node": node, "b_now": verdict.appraised_at}
+                if conn.execute(_CONSUME, consumed).first() is None:
+                    raise _nonce_refusal(conn, digest, node)
+            # Updating the state (NULL keeps what is stored) is also the check that the node is
+            # enrolled and not revoked: one statement where a SELECT and an UPDATE were.
+            state = {"b_name": node, "b_clock": clock, "b_ima_state": ima_state}
+            if conn.execute(_NODE_STATE, state).rowcount == 0:
+                revoked = conn.execute(select(t.nodes.c.revoked_at).where(t.nodes.c.name == node)).first()
+                if revoked is None:
+                    raise NotFound(f"node {node} is not enrolled", code=Reason.AK_NOT_BOUND)
+                raise Conflict(f"node {node} was revoked", code=Reason.NODE_REVOKED)
+            conn.execute(
+                self._upsert_verdict,
+                {
+                    "node": node,
+                    "trusted": verdict.trusted,
+                    "appraised_at": verdict.appraised_at,
+                    "expires_at": verdict.expires_at,
+                    "reasons": verdict.reasons,
+                    "detail": verdict.detail,
+                    "policy": verdict.policy,
+                },
+            )
+            log.append("verdict", node, _verdict_audit(verdict))
 
     # --- policies ---------------------------------------------------------------------------
 
@@ -540,9 +569,10 @@ def _postgresql_engine(url: URL, lock_timeout: float) -> Engine:
         url = url.set(drivername="postgresql+psycopg")
     return create_engine(
         url,
-        # After a server restart or failover the pool's connections are dead: test each one on
-        # checkout, so the store recovers by itself instead of failing once per pooled connection.
-        pool_pre_ping=True,
+        # No pool_pre_ping (a round trip per checkout, ~10% of an attestation's CPU). After a
+        # server restart or failover the pool's connections are dead: the first statement on one
+        # fails (StoreUnavailable: that request answers 503) and SQLAlchemy, seeing a disconnect,
+        # invalidates every connection of the pool at once, so the next checkout reconnects.
         connect_args={
             "connect_timeout": max(2, math.ceil(lock_timeout)),
             "options": f"-c lock_timeout={round(lock_timeout * 1000)}",
@@ -557,20 +587,15 @@ class _Chain:
     """The audit chain's head, locked for the rest of this transaction."""
 
     def __init__(self, conn: Connection) -> None:
-        head = conn.execute(
-            select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1).with_for_update()
-        ).one()
+        head = conn.execute(_HEAD).one()
         self._conn = conn
         self._seq: int = head.seq
         self._hash: str = head.hash
 
     def append(self, kind: str, subject: str, data: Mapping[str, Any]) -> AuditRecord:
         record = chain.make_record(self._seq + 1, _utcnow(), kind, subject, data, self._hash)
-        values = vars(record) | {"data": chain.canonical_json(record.data)}
-        self._conn.execute(insert(t.audit).values(values))
-        self._conn.execute(
-            update(t.audit_head).where(t.audit_head.c.id == 1).values(seq=record.seq, hash=record.hash)
-        )
+        self._conn.execute(_AUDIT_INSERT, vars(record) | {"data": chain.canonical_json(record.data)})
+        self._conn.execute(_HEAD_UPDATE, {"b_seq": record.seq, "b_hash": record.hash})
         self._seq, self._hash = record.seq, record.hash
         return record
 
@@ -585,18 +610,33 @@ def _purge(conn: Connection, now: dt.datetime) -> int:
 
 
 def _nonce_refusal(conn: Connection, digest: bytes, node: str) -> NonceRejected:
-    row = conn.execute(
-        select(t.nonces.c.node, t.nonces.c.consumed_at).where(t.nonces.c.digest == digest)
-    ).first()
+    """Why the conditional UPDATE consumed nothing."""
+    try:
+        _usable_nonce(conn.execute(_NONCE, {"b_digest": digest}).first(), node, None)
+    except NonceRejected as e:
+        return e
+    raise AssertionError("_usable_nonce accepts no nonce without a time")
+
+
+def _usable_nonce(row: Row[Any] | None, node: str, now: dt.datetime | None) -> Row[Any]:
+    """The nonce's row (of _NONCE) if consume_nonce would consume it at `now`, else the refusal
+    it would raise, checked in its order. now=None: it was refused, so what is left is expired."""
     if row is None:
-        return NonceRejected(
+        raise NonceRejected(
             "this verifier never issued that nonce (or it expired long ago)", Reason.NONCE_UNKNOWN
         )
     if row.node != node:
-        return NonceRejected(f"the nonce was issued to another node, not {node}", Reason.NONCE_WRONG_NODE)
+        raise NonceRejected(f"the nonce was issued to another node, not {node}", Reason.NONCE_WRONG_NODE)
     if row.consumed_at is not None:
-        return NonceRejected("the nonce was already used", Reason.NONCE_REUSED)
-    return NonceRejected("the nonce expired", Reason.NONCE_EXPIRED)
+        raise NonceRejected("the nonce was already used", Reason.NONCE_REUSED)
+    if now is None or row.expires_at <= now:
+        raise NonceRejected("the nonce expired", Reason.NONCE_EXPIRED)
+    return row
+
+
+def _nonce(node: str, nonce: bytes, row: Row[Any]) -> NonceRecord:
+    binding = None if row.binding is None else bytes(row.binding)
+    return NonceRecord(node, nonce, row.selection, row.issued_at, row.expires_at, binding)
 
 
 def _enrollment_refusal(conn: Connection, enrollment_id: str) -> StoreError:
@@ -739,3 +779,61 @@ def _policy(row: Row[Any]) -> PolicyRecord:
 
 def _audit_record(row: Row[Any]) -> AuditRecord:
     return AuditRecord(row.seq, row.at, row.kind, row.subject, json.loads(row.data), row.prev, row.hash)
+
+
+def _verdict_upsert(backend: str) -> Insert:
+    """INSERT of a node's verdict that replaces the one stored: one statement, either backend."""
+    dialect_insert = sqlite.insert if backend == "sqlite" else postgresql.insert
+    stmt = dialect_insert(t.verdicts)
+    columns = ("trusted", "appraised_at", "expires_at", "reasons", "detail", "policy")
+    return stmt.on_conflict_do_update(
+        index_elements=[t.verdicts.c.node], set_={c: stmt.excluded[c] for c in columns}
+    )
+
+
+# --- the attestation round's statements, built once (bind parameter names start with b_) ------
+
+_NODE: Final = _node_query().where(t.nodes.c.name == bindparam("b_name"))
+_LATEST_POLICY: Final = (
+    select(t.policies.c.version, t.policies.c.digest)
+    .where(t.policies.c.name == bindparam("b_name"))
+    .order_by(t.policies.c.version.desc())
+    .limit(1)
+)
+_NONCE: Final[Select[Any]] = select(
+    t.nonces.c.node,
+    t.nonces.c.selection,
+    t.nonces.c.binding,
+    t.nonces.c.issued_at,
+    t.nonces.c.expires_at,
+    t.nonces.c.consumed_at,
+).where(t.nonces.c.digest == bindparam("b_digest"))
+_NONCE_INSERT: Final = insert(t.nonces)
+_CONSUME: Final = (
+    update(t.nonces)
+    .where(
+        t.nonces.c.digest == bindparam("b_digest"),
+        t.nonces.c.node == bindparam("b_node"),
+        t.nonces.c.consumed_at.is_(None),
+        t.nonces.c.expires_at > bindparam("b_now"),
+    )
+    .values(consumed_at=bindparam("b_now"))
+    .returning(t.nonces.c.selection, t.nonces.c.binding, t.nonces.c.issued_at, t.nonces.c.expires_at)
+)
+_NODE_STATE: Final = (
+    update(t.nodes)
+    .where(t.nodes.c.name == bindparam("b_name"), t.nodes.c.revoked_at.is_(None))
+    .values(
+        clock=func.coalesce(bindparam("b_clock", type_=t.nodes.c.clock.type), t.nodes.c.clock),
+        ima_state=func.coalesce(
+            bindparam("b_ima_state", type_=t.nodes.c.ima_state.type), t.nodes.c.ima_state
+        ),
+    )
+)
+_HEAD: Final = select(t.audit_head.c.seq, t.audit_head.c.hash).where(t.audit_head.c.id == 1).with_for_update()
+_HEAD_UPDATE: Final = (
+    update(t.audit_head)
+    .where(t.audit_head.c.id == 1)
+    .values(seq=bindparam("b_seq"), hash=bindparam("b_hash"))
+)
+_AUDIT_INSERT: Final = insert(t.audit)
