@@ -49,7 +49,7 @@ MAX_BOUND_KEYS = 8
 
 
 def valid_node_name(name: str) -> bool:
-    return len(name) <= NODE_NAME_MAX and bool(_NODE_NAME.match(name))
+    return len(name) <= NODE_NAME_MAX and bool(_NODE_NAME.fullmatch(name))
 
 
 def _b64_decoder(limit: int) -> Any:

@@ -158,7 +158,7 @@ class Admin:
 
     def put_policy(self, request: PolicyIn) -> PolicyOut:
         policy = load_policy(request.text)  # ParseError(POLICY_INVALID) with the loader's words: 400
-        if not re.match(POLICY_NAME_PATTERN, policy.name):
+        if not re.fullmatch(POLICY_NAME_PATTERN, policy.name):
             raise BadRequest(
                 Reason.POLICY_INVALID,
                 f"policy.name: {policy.name!r} must be letters, digits, '.', '_' and '-', at most 128",

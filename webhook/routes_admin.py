@@ -29,7 +29,8 @@ router = APIRouter(
 
 POLICIES_PATH: Final = API_PREFIX + "/admin/policies"
 PolicyName = Annotated[str, Path(pattern=POLICY_NAME_PATTERN)]
-EkId = Annotated[int, Path(ge=1)]
+# Row ids are signed 64-bit in SQLite and PostgreSQL: a larger one is a 400, not a driver overflow.
+EkId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 DEFAULT_AUDIT_PAGE: Final = 1000
 
 
