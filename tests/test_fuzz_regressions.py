@@ -3,10 +3,14 @@ harnesses or by the input-bounds audit of issue 7, fixed in the parser, kept her
 
 from __future__ import annotations
 
+import struct
+import uuid
+
 import pytest
 
 from attest.errors import ParseError
 from attest.reasons import Reason
+from attest.verify import efi
 from attest.verify.pcrs import load_pcr_file
 from attest.verify.policy import load_policy
 
@@ -51,3 +55,27 @@ def test_pcr_yaml_alias_bomb_as_a_pcr_value() -> None:
     with pytest.raises(ParseError, match="aliases") as e:
         load_pcr_file((ALIAS_BOMB + "sha256: {0: *g}\n").encode())
     assert e.value.code is Reason.PCR_VALUES_MALFORMED
+
+
+# A self-signed P-256 certificate whose version INTEGER was edited from 2 (v3) to 0x42.
+CERT_VERSION_66 = bytes.fromhex(
+    "3081eb308193a003020142020101300a06082a8648ce3d0403023000301e170d3230303130313030303030305a17"
+    "0d3330303130313030303030305a30003059301306072a8648ce3d020106082a8648ce3d0301070342000428f1a4"
+    "d7e2e449c804536d73c3b33d1b53995ce66c94fdc923355d2dbeb351015c34fbd9897d1fd83eae93f9157b76ab2b"
+    "d1611e6fc36b03344059b67bac8872300a06082a8648ce3d040302034700304402203277638b588d2e1c394910cc"
+    "309bcbb6d1838fb21e1a95596fcfb181269657b002203112cfa63dca40c2a4a2e1e3a92563b53085bf47d4e1a181"
+    "7bfc00992328795b"
+)
+
+
+def test_efi_certificate_with_an_unknown_x509_version() -> None:
+    """Fuzzer (eventlog harness, 250k executions): an X.509 entry of a db/KEK variable in PCR 7
+    whose version is not 1-3 made cryptography raise InvalidVersion, which is no ValueError, out
+    of Event.decoded: secure_boot_state and the event log's JSON failed with an internal error."""
+    assert efi.certificate(CERT_VERSION_66).subject is None
+    owner = bytes(16)
+    entry = owner + CERT_VERSION_66
+    header = struct.pack("<16sIII", uuid.UUID(efi.EFI_CERT_X509).bytes_le, 28 + len(entry), 0, len(entry))
+    db = efi.signature_database(header + entry)
+    assert db.lists[0].signatures[0].certificate is not None
+    assert db.lists[0].signatures[0].certificate.subject is None

@@ -370,7 +370,7 @@ def text(raw: bytes) -> Text | None:
 def certificate(der: bytes) -> Certificate:
     try:
         subject: str | None = x509.load_der_x509_certificate(der).subject.rfc4514_string()
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError: fuzz finding
         subject = None
     return Certificate(der, hashlib.sha256(der).hexdigest(), subject)
 
