@@ -13,6 +13,7 @@ from attest.reasons import Reason
 from attest.verify import efi
 from attest.verify.pcrs import load_pcr_file
 from attest.verify.policy import load_policy
+from webhook.kubelet_csr import CLIENT_SIGNER, MalformedKubeletCsr, parse_kubelet_csr
 
 # Seven levels of ten aliases each: 10**7 list elements from 300 bytes once expanded.
 ALIAS_BOMB = "a: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
@@ -79,3 +80,25 @@ def test_efi_certificate_with_an_unknown_x509_version() -> None:
     db = efi.signature_database(header + entry)
     assert db.lists[0].signatures[0].certificate is not None
     assert db.lists[0].signatures[0].certificate.subject is None
+
+
+# A kubelet client CSR (CN=system:node:node3, P-256) from tests/data/k8s/admission with one bit
+# of the key's point flipped: the PEM and the ASN.1 parse, the key does not decode.
+CSR_BAD_POINT = b"""-----BEGIN CERTIFICATE REQUEST-----
+MIHvMIGVAgEAMDMxFTATBgNVBAoMDHN5c3RlbTpub2RlczEaMBgGA1UEAwwRc3lz
+dGVtOm5vZGU6bm9kZTMwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAASMPC0xYSKa
+JMvJWZojyN6IG5ziPMxkMgSoFimTI5Q3eUBP/MeGLyHQh4uu3M6knJondA3ovVDL
+DSoN2AvPMfDToAAwCgYIKoZIzj0EAwIDSQAwRgIhANlfpOZuuFKCPTMk9OU3JW1H
+j80uWHaiAYYngalGQ8uwAiEA9ZAxwtW9KEzF7avHfmWlke9X8AP2zEhjaDT1MbuL
+lsA=
+-----END CERTIFICATE REQUEST-----
+"""
+
+
+def test_kubelet_csr_whose_key_does_not_decode() -> None:
+    """Fuzzer (admission harness, 1.6k executions): cryptography decodes a CSR's key only when
+    asked, so is_signature_valid raised ValueError("Invalid key") out of the admission decision:
+    a 500 to the API server instead of admission_csr_malformed."""
+    with pytest.raises(MalformedKubeletCsr, match="public key does not parse") as e:
+        parse_kubelet_csr(CLIENT_SIGNER, CSR_BAD_POINT, ["digital signature", "client auth"])
+    assert e.value.field == "spec.request"

@@ -93,7 +93,13 @@ def parse_kubelet_csr(signer: str, request: bytes, usages: Sequence[str]) -> Kub
         csr = x509.load_pem_x509_csr(request)
     except ValueError:
         raise MalformedKubeletCsr("spec.request is not a PEM certificate request") from None
-    if not csr.is_signature_valid:
+    try:
+        # Both decode the key, which load_pem_x509_csr leaves undecoded (a fuzz finding).
+        key = csr.public_key()
+        signed = csr.is_signature_valid
+    except ValueError:
+        raise MalformedKubeletCsr("the certificate request's public key does not parse") from None
+    if not signed:
         raise MalformedKubeletCsr("the certificate request is not signed by the key it names")
 
     cns = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
@@ -111,7 +117,6 @@ def parse_kubelet_csr(signer: str, request: bytes, usages: Sequence[str]) -> Kub
             f"O={NODES_GROUP}, CN={NODE_USER_PREFIX}<node name>"
         )
 
-    key = csr.public_key()
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
             raise MalformedKubeletCsr(f"an RSA key of {key.key_size} bits, less than {MIN_RSA_BITS}")
