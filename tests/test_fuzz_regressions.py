@@ -102,3 +102,22 @@ def test_kubelet_csr_whose_key_does_not_decode() -> None:
     with pytest.raises(MalformedKubeletCsr, match="public key does not parse") as e:
         parse_kubelet_csr(CLIENT_SIGNER, CSR_BAD_POINT, ["digital signature", "client auth"])
     assert e.value.field == "spec.request"
+
+
+# The same CSR with its key's algorithm OID edited from id-ecPublicKey (…2.1) to …2.2.
+CSR_UNKNOWN_KEY_TYPE = b"""-----BEGIN CERTIFICATE REQUEST-----
+MIHvMIGVAgEAMDMxFTATBgNVBAoMDHN5c3RlbTpub2RlczEaMBgGA1UEAwwRc3lz
+dGVtOm5vZGU6bm9kZTMwWTATBgcqhkjOPQICBggqhkjOPQMBBwNCAASMPC0xYSKa
+JMvJWZojyN6IG5ziPMxkMgSoFimTI5Q3eUBQ/MeGLyHQh4uu3M6knJondA3ovVDL
+DSoN2AvPMfDToAAwCgYIKoZIzj0EAwIDSQAwRgIhANlfpOZuuFKCPTMk9OU3JW1H
+j80uWHaiAYYngalGQ8uwAiEA9ZAxwtW9KEzF7avHfmWlke9X8AP2zEhjaDT1MbuL
+lsA=
+-----END CERTIFICATE REQUEST-----
+"""
+
+
+def test_kubelet_csr_of_an_unknown_key_type() -> None:
+    """Fuzzer (admission harness, 5.6k executions, after the fix above): an unknown key
+    algorithm makes cryptography raise UnsupportedAlgorithm, which is no ValueError either."""
+    with pytest.raises(MalformedKubeletCsr, match="public key does not parse"):
+        parse_kubelet_csr(CLIENT_SIGNER, CSR_UNKNOWN_KEY_TYPE, ["digital signature", "client auth"])

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
@@ -94,10 +95,11 @@ def parse_kubelet_csr(signer: str, request: bytes, usages: Sequence[str]) -> Kub
     except ValueError:
         raise MalformedKubeletCsr("spec.request is not a PEM certificate request") from None
     try:
-        # Both decode the key, which load_pem_x509_csr leaves undecoded (a fuzz finding).
+        # Both decode the key, which load_pem_x509_csr leaves undecoded (fuzz findings: a
+        # point off the curve, an unknown key type).
         key = csr.public_key()
         signed = csr.is_signature_valid
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):
         raise MalformedKubeletCsr("the certificate request's public key does not parse") from None
     if not signed:
         raise MalformedKubeletCsr("the certificate request is not signed by the key it names")
