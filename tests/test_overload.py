@@ -140,6 +140,29 @@ def test_a_cancelled_waiter_leaves_the_gate_consistent() -> None:
     asyncio.run(scenario())
 
 
+def test_requests_that_start_a_round_get_half_the_queue_and_those_that_finish_one_all_of_it() -> None:
+    async def scenario() -> None:
+        gate = ConcurrencyGate(limit=1, queue=4)
+        release = asyncio.Event()
+
+        async def request() -> None:
+            async with gate:
+                await release.wait()
+
+        tasks = [asyncio.create_task(request()) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert (gate.active, gate.waiting) == (1, 2)
+        assert gate.full(finishes=False)
+        assert not gate.full(finishes=True)
+        tasks += [asyncio.create_task(request()) for _ in range(2)]
+        await asyncio.sleep(0)
+        assert gate.full(finishes=True)
+        release.set()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize(("limit", "queue"), [(0, 1), (1, -1)])
 def test_the_gate_needs_a_limit_and_a_queue(limit: int, queue: int) -> None:
     with pytest.raises(ValueError, match="at least"):
@@ -177,7 +200,11 @@ def test_bad_overload_options_are_one_line_usage_errors(key: str, value: str, me
 
 # --- the middleware, as ASGI --------------------------------------------------------------------
 
-AGENT_PATHS = [re.compile(r"^/v1/enroll$"), re.compile(r"^/v1/nodes/(?P<node>[^/]+)/challenge$")]
+AGENT_PATHS = [
+    (re.compile(r"^/v1/enroll$"), False),
+    (re.compile(r"^/v1/nodes/(?P<node>[^/]+)/challenge$"), False),
+    (re.compile(r"^/v1/nodes/(?P<node>[^/]+)/evidence$"), True),
+]
 
 
 class Downstream:
@@ -226,18 +253,25 @@ def test_past_the_gate_and_its_queue_agent_requests_get_503_at_once_and_others_p
     async def scenario() -> None:
         downstream = Downstream()
         downstream.release.clear()
-        app, shed = limits(downstream, ConcurrencyGate(1, 1), None)
+        app, shed = limits(downstream, ConcurrencyGate(1, 2), None)
         held = [asyncio.create_task(call(app, f"/v1/nodes/n{i}/challenge")) for i in range(2)]
         await asyncio.sleep(0)
         status, headers, body = await call(app, "/v1/nodes/n9/challenge")
         assert (status, body["code"]) == (503, "overloaded")
         assert int(headers["retry-after"]) >= 1
         assert shed == ["overloaded"]
+        # Evidence finishes a round: it may use the queue's second half, challenges may not.
+        status, _, body = await call(app, "/v1/nodes/n9/challenge")
+        assert (status, body["code"]) == (503, "overloaded")
+        held.append(asyncio.create_task(call(app, "/v1/nodes/n0/evidence")))
+        await asyncio.sleep(0)
+        assert (await call(app, "/v1/nodes/n8/evidence"))[0] == 503
         # Admission, admin, probes: never shed, never queued behind agent work.
         downstream.release.set()
         for path in ("/v1/admission/pods", "/healthz", "/metrics", "/v1/admin/nodes"):
             assert (await call(app, path))[0] == 200
-        assert [r[0] for r in await asyncio.gather(*held)] == [200, 200]
+        assert [r[0] for r in await asyncio.gather(*held)] == [200, 200, 200]
+        assert shed == ["overloaded"] * 3
         assert (await call(app, "/v1/nodes/n9/challenge"))[0] == 200
 
     asyncio.run(scenario())

@@ -140,10 +140,11 @@ def test_with_the_gate_and_its_queue_full_agent_requests_get_503_unread_and_admi
     start_verifier: StartVerifier, database: Path
 ) -> None:
     server = start_verifier(
-        "--max-agent-concurrency", "1", "--agent-queue", "1", "--node-rate", "0", database=database
+        "--max-agent-concurrency", "1", "--agent-queue", "2", "--node-rate", "0", database=database
     )
     with server.client() as client:
-        # An evidence upload whose body is still arriving holds the one slot; a challenge waits.
+        # An evidence upload whose body is still arriving holds the one slot; a challenge and
+        # another evidence wait: challenges may only take the first half of the queue.
         slow = Raw(server).send(post_head("/v1/nodes/agent-00/evidence", 2) + b"{")
         wait_for(
             "the upload to hold the slot",
@@ -154,6 +155,13 @@ def test_with_the_gate_and_its_queue_full_agent_requests_get_503_unread_and_admi
         wait_for(
             "the challenge to queue",
             lambda: metric(client, "attest_agent_requests", 'state="queued"') == 1,
+            server,
+        )
+        assert check_refusal(client.post("/v1/nodes/agent-02/challenge"), 503, "overloaded") >= 1
+        finishing = Raw(server).send(post_head("/v1/nodes/agent-04/evidence", 2) + b"{}")
+        wait_for(
+            "the evidence to queue",
+            lambda: metric(client, "attest_agent_requests", 'state="queued"') == 2,
             server,
         )
 
@@ -168,15 +176,17 @@ def test_with_the_gate_and_its_queue_full_agent_requests_get_503_unread_and_admi
             admit(client)
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").status_code == 200
-        assert metric(client, "attest_requests_rejected_total", 'reason="overloaded"') == 3
+        assert metric(client, "attest_requests_rejected_total", 'reason="overloaded"') == 4
 
         # The rest of the upload arrives: it is answered, then the queued challenge is served.
         status, _, body = slow.send(b"}").answer()
         assert (status, ErrorOut.model_validate_json(body).code) == (400, "invalid_request")
         status, _, body = queued.answer()
         assert status == 200, body
-        slow.close()
-        queued.close()
+        status, _, body = finishing.answer()
+        assert (status, ErrorOut.model_validate_json(body).code) == (400, "invalid_request")
+        for raw in (slow, queued, finishing):
+            raw.close()
         check_challenge(client.post("/v1/nodes/agent-02/challenge"))
         assert metric(client, "attest_agent_requests", 'state="active"') == 0
 

@@ -165,9 +165,10 @@ class BodyLimit:
 
 
 class AgentLimits:
-    """Sheds agent API requests (`paths`, whose `node` group names the node) before their body
-    is read; every other route passes untouched, so admission, probes and metrics are never
-    shed and never wait behind agent work.
+    """Sheds agent API requests before their body is read; every other route passes untouched,
+    so admission, probes and metrics are never shed and never wait behind agent work. `paths`:
+    each agent route's pattern (its `node` group names the node) and whether the route finishes
+    a round of requests (ConcurrencyGate.full).
 
     With the gate full (serving its limit, its queue too), 503 `overloaded`. Otherwise the
     request takes a token from its bucket, keyed by node name and client address (enrollment
@@ -180,7 +181,7 @@ class AgentLimits:
         self,
         app: ASGIApp,
         *,
-        paths: Sequence[re.Pattern[str]],
+        paths: Sequence[tuple[re.Pattern[str], bool]],
         gate: ConcurrencyGate | None,
         buckets: RateLimiter | None,
         on_shed: Callable[[str], None],
@@ -191,21 +192,23 @@ class AgentLimits:
         self.buckets = buckets
         self.on_shed = on_shed
 
-    def key_for(self, scope: Scope) -> tuple[str | None, str | None] | None:
-        """(node, client address) of an agent API request; None for any other request."""
-        for pattern in self.paths:
-            match = pattern.match(scope["path"])
+    def classify(self, scope: Scope) -> tuple[tuple[str | None, str | None], bool] | None:
+        """An agent API request's rate-limit key, (node, client address), and whether it
+        finishes a round; None for any other request."""
+        for pattern, finishes in self.paths:
+            match = pattern.fullmatch(scope["path"])
             if match:
                 client = scope.get("client")
-                return match.groupdict().get("node"), client[0] if client else None
+                return (match.groupdict().get("node"), client[0] if client else None), finishes
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        key = self.key_for(scope) if scope["type"] == "http" else None
-        if key is None:
+        agent = self.classify(scope) if scope["type"] == "http" else None
+        if agent is None:
             await self.app(scope, receive, send)
             return
-        if self.gate is not None and self.gate.full():
+        key, finishes = agent
+        if self.gate is not None and self.gate.full(finishes=finishes):
             self.on_shed(OVERLOADED)
             response = error_response(
                 503,

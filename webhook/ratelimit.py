@@ -12,7 +12,8 @@ bucket comes back full, so eviction can only let a request through, never refuse
 The gate (`ConcurrencyGate`): at most `limit` agent requests are served at once and at most
 `queue` more wait, in arrival order, on the event loop; a request beyond both is refused at
 once. Waiting is bounded by the queue's length times the service time, which is what keeps an
-overloaded verifier's answers prompt: beyond the queue, the client is told to come back.
+overloaded verifier's answers prompt: beyond the queue, the client is told to come back. The
+second half of the queue is kept for requests that finish what an earlier one started.
 """
 
 from __future__ import annotations
@@ -99,8 +100,13 @@ class ConcurrencyGate:
         # Created on first use: asyncio primitives belong to the loop that first waits on them.
         self._semaphore: asyncio.Semaphore | None = None
 
-    def full(self) -> bool:
-        return self.active + self.waiting >= self.limit + self.queue
+    def full(self, *, finishes: bool = True) -> bool:
+        """No room for one more request. One that starts a round of requests (an enrollment, a
+        challenge) may only fill the first half of the queue; one that finishes it (activation,
+        evidence) the whole: overloaded, the verifier completes the rounds it began instead of
+        starting new ones whose second step would be shed, wasting the first."""
+        room = self.queue if finishes else self.queue // 2
+        return self.active + self.waiting >= self.limit + room
 
     async def __aenter__(self) -> None:
         if self._semaphore is None:

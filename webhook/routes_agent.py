@@ -26,6 +26,10 @@ from webhook.deps import EnrollmentId, NodeName, VerifierDep
 from webhook.errors import INVALID_REQUEST, JSON_REQUIRED, BadRequest, is_json
 
 EVIDENCE_PATH: Final = API_PREFIX + "/nodes/{node}/evidence"
+ACTIVATE_PATH: Final = API_PREFIX + "/enroll/{enrollment_id}/activate"
+# The second step of a round (enroll then activate, challenge then evidence): kept when the
+# agent API is overloaded, so that a round once begun is not wasted (webhook.ratelimit).
+FINISHING_PATHS: Final = (ACTIVATE_PATH, EVIDENCE_PATH)
 
 router = APIRouter(prefix=API_PREFIX, tags=["agent"])
 
