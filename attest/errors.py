@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Final
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+
 from attest.reasons import Reason
+
+# What `cryptography` raises for bytes that are not the certificate, CSR or key they claim to
+# be: ValueError mostly, but an unknown X.509 version or key algorithm is neither (fuzz findings).
+UNDECODABLE: Final = (ValueError, x509.InvalidVersion, UnsupportedAlgorithm)
 
 
 class AttestError(Exception):

@@ -10,7 +10,7 @@ import pytest
 
 from attest.errors import ParseError
 from attest.reasons import Reason
-from attest.verify import efi
+from attest.verify import efi, ekcert, imasig
 from attest.verify.pcrs import load_pcr_file
 from attest.verify.policy import load_policy
 from webhook.kubelet_csr import CLIENT_SIGNER, MalformedKubeletCsr, parse_kubelet_csr
@@ -121,3 +121,15 @@ def test_kubelet_csr_of_an_unknown_key_type() -> None:
     algorithm makes cryptography raise UnsupportedAlgorithm, which is no ValueError either."""
     with pytest.raises(MalformedKubeletCsr, match="public key does not parse"):
         parse_kubelet_csr(CLIENT_SIGNER, CSR_UNKNOWN_KEY_TYPE, ["digital signature", "client auth"])
+
+
+def test_ek_and_ima_certificates_with_an_unknown_x509_version() -> None:
+    """Audit after the eventlog finding: the same InvalidVersion escaped the EK certificate a node
+    enrolls with (a 500 instead of ek_cert_malformed) and IMA keys in a policy upload."""
+    for load in (ekcert.load_ek_certificate, ekcert.load_ca_certificates):
+        with pytest.raises(ParseError) as e:
+            load(CERT_VERSION_66)
+        assert e.value.code is Reason.EK_CERT_MALFORMED
+    with pytest.raises(ParseError) as e:
+        imasig.KeyRing.load([CERT_VERSION_66])
+    assert e.value.code is Reason.POLICY_INVALID

@@ -28,11 +28,11 @@ from collections.abc import Sequence
 from typing import Final
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from attest.errors import UNDECODABLE
 from attest.wire import valid_node_name
 
 CLIENT_SIGNER: Final = "kubernetes.io/kube-apiserver-client-kubelet"
@@ -99,7 +99,7 @@ def parse_kubelet_csr(signer: str, request: bytes, usages: Sequence[str]) -> Kub
         # point off the curve, an unknown key type).
         key = csr.public_key()
         signed = csr.is_signature_valid
-    except (ValueError, UnsupportedAlgorithm):
+    except UNDECODABLE:
         raise MalformedKubeletCsr("the certificate request's public key does not parse") from None
     if not signed:
         raise MalformedKubeletCsr("the certificate request is not signed by the key it names")

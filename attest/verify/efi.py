@@ -22,6 +22,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from cryptography import x509
 
+from attest.errors import UNDECODABLE
 from attest.tcg import EventType
 
 EFI_GLOBAL_VARIABLE = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
@@ -370,7 +371,7 @@ def text(raw: bytes) -> Text | None:
 def certificate(der: bytes) -> Certificate:
     try:
         subject: str | None = x509.load_der_x509_certificate(der).subject.rfc4514_string()
-    except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError: fuzz finding
+    except UNDECODABLE:
         subject = None
     return Certificate(der, hashlib.sha256(der).hexdigest(), subject)
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import verification
 from cryptography.x509.oid import ObjectIdentifier
 
-from attest.errors import ParseError, VerificationError
+from attest.errors import UNDECODABLE, ParseError, VerificationError
 from attest.reasons import Reason
 from attest.verify.tpmstructs import PublicKey, TpmtPublic, parse_public
 
@@ -89,7 +89,7 @@ def load_ek_certificate(data: bytes | str) -> tuple[x509.Certificate, tuple[str,
             raw = raw[:end]
             leniencies.append(LENIENCY_TRAILING_PADDING)
         return x509.load_der_x509_certificate(raw), tuple(leniencies)
-    except ValueError as e:
+    except UNDECODABLE as e:
         raise ParseError(Reason.EK_CERT_MALFORMED, f"not an X.509 certificate: {e}") from None
 
 
@@ -99,7 +99,7 @@ def load_ca_certificates(data: bytes) -> list[x509.Certificate]:
         if data.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_certificates(data)
         return [x509.load_der_x509_certificate(data)]
-    except ValueError as e:
+    except UNDECODABLE as e:
         raise ParseError(Reason.EK_CERT_MALFORMED, f"CA certificates: {e}") from None
 
 
@@ -195,7 +195,7 @@ def validate_ek_certificate(
         raise VerificationError(Reason.EK_CERT_UNTRUSTED, f"EK certificate does not verify: {e}") from None
     try:
         key = leaf.public_key()
-    except ValueError as e:
+    except UNDECODABLE as e:
         raise ParseError(Reason.EK_CERT_MALFORMED, f"EK certificate key: {e}") from None
     if not isinstance(key, PublicKey):
         raise ParseError(

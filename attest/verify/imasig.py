@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from attest.errors import ParseError, VerificationError
+from attest.errors import UNDECODABLE, ParseError, VerificationError
 from attest.reasons import Reason
 from attest.verify.ima import ImaEntry
 
@@ -112,11 +112,11 @@ def _load(blob: bytes, where: str) -> list[EnrolledKey]:
 def _der(blob: bytes, where: str) -> x509.Certificate | PublicKey:
     try:
         return x509.load_der_x509_certificate(blob)
-    except ValueError:
+    except UNDECODABLE:
         pass
     try:
         key = serialization.load_der_public_key(blob)
-    except (ValueError, UnsupportedAlgorithm):
+    except UNDECODABLE:
         raise ParseError(
             Reason.POLICY_INVALID, f"{where}: not an X.509 certificate or public key (DER)"
         ) from None
@@ -129,7 +129,7 @@ def _pem(block: bytes, where: str) -> x509.Certificate | PublicKey:
             return x509.load_pem_x509_certificate(block)
         if b"-----BEGIN PUBLIC KEY-----" in block:
             return _check_type(serialization.load_pem_public_key(block), where)
-    except (ValueError, UnsupportedAlgorithm):
+    except UNDECODABLE:
         raise ParseError(Reason.POLICY_INVALID, f"{where}: unreadable PEM block") from None
     raise ParseError(Reason.POLICY_INVALID, f"{where}: only CERTIFICATE and PUBLIC KEY blocks are enrolled")
 
@@ -144,12 +144,18 @@ def enroll(item: x509.Certificate | PublicKey, where: str = "IMA key") -> Enroll
     """An enrolled key from a certificate or a public key, with every key id it answers to."""
     ids: set[bytes] = set()
     if isinstance(item, x509.Certificate):
-        key = _check_type(item.public_key(), where)
-        label = item.subject.rfc4514_string() or where
-        try:
-            skid = item.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-        except x509.ExtensionNotFound:
-            skid = b""
+        try:  # cryptography decodes these only when asked
+            public = item.public_key()
+            label = item.subject.rfc4514_string() or where
+            try:
+                skid = item.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+            except x509.ExtensionNotFound:
+                skid = b""
+        except UNDECODABLE:
+            raise ParseError(
+                Reason.POLICY_INVALID, f"{where}: the certificate's key or extensions do not parse"
+            ) from None
+        key = _check_type(public, where)
         if len(skid) >= 4:
             ids.add(skid[-4:])
     else:
