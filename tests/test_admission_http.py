@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -250,16 +251,28 @@ def test_freshness_and_exemptions_are_configurable(start_verifier: StartVerifier
         assert code(admit(c, in_attest_system)) == "admission_node_unattested"
 
 
-def test_database_down_is_a_refusal_kubectl_can_print(client: httpx.Client, server: Server) -> None:
-    # What a lost volume or a corrupted file looks like to SQLite.
-    for path in server.database.parent.glob(server.database.name + "*"):
-        path.write_bytes(b"not a database " * 512)
-    response = admit(client, fixture("05-validate-pods-binding-CREATE-demo.json"))
-    assert code(response) == "admission_store_unavailable"
-    assert (response["status"]["code"], response["status"]["reason"]) == (503, "ServiceUnavailable")
-    assert "database is unavailable" in response["status"]["message"]
-    # What needs no stored verdict is still judged.
-    assert admit(client, fixture("05-validate-certificatesigningrequests-CREATE-node-csr-node3.json"))[
-        "allowed"
-    ]
-    assert admit(client, fixture("04-validate-nodes-UPDATE-node1.json"))["allowed"]
+@pytest.mark.parametrize("cache", ["0", "1"])
+def test_database_down_is_a_refusal_kubectl_can_print(
+    start_verifier: StartVerifier, database: Path, cache: str
+) -> None:
+    server = start_verifier("--admission-cache-seconds", cache, database=database)
+    binding = fixture("05-validate-pods-binding-CREATE-demo.json")
+    with server.client() as client:
+        assert admit(client, binding)["allowed"]
+        # What a lost volume or a corrupted file looks like to SQLite.
+        for path in server.database.parent.glob(server.database.name + "*"):
+            path.write_bytes(b"not a database " * 512)
+        response = admit(client, binding)
+        # Read through: refused at once. From the node view: once it is past its bound (1 s),
+        # its syncs failing; tests/test_admission_nodestate.py checks the bound itself.
+        deadline = time.monotonic() + 30
+        while cache != "0" and response["allowed"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+            response = admit(client, binding)
+        assert code(response) == "admission_store_unavailable"
+        assert (response["status"]["code"], response["status"]["reason"]) == (503, "ServiceUnavailable")
+        assert "database is unavailable" in response["status"]["message"]
+        # What needs no stored verdict is still judged.
+        csr = fixture("05-validate-certificatesigningrequests-CREATE-node-csr-node3.json")
+        assert admit(client, csr)["allowed"]
+        assert admit(client, fixture("04-validate-nodes-UPDATE-node1.json"))["allowed"]

@@ -7,9 +7,11 @@ caller owns the store and closes it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
-from typing import TYPE_CHECKING, Final
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Final, cast
 
 import anyio
 from fastapi import FastAPI
@@ -17,12 +19,14 @@ from fastapi.routing import APIRoute
 
 from attest import __version__
 from attest.store.api import Store
+from attest.verify.policy import Policy
 from attest.wire import ADMISSION_PATHS
 from webhook import errors, health, routes_admin, routes_admission, routes_agent
 from webhook.admin import Admin
 from webhook.config import Settings
 from webhook.metrics import Metrics
 from webhook.middleware import AgentLimits, BodyLimit, RequestContext
+from webhook.nodestate import NodeView, WatchedStore
 from webhook.ratelimit import ConcurrencyGate, RateLimiter
 from webhook.service import Clock, RandomBytes, Verifier, utcnow
 
@@ -42,12 +46,33 @@ def create_app(
     random_bytes: RandomBytes = secrets.token_bytes,
     kube: KubeConfig | None = None,
 ) -> FastAPI:
-    """With `kube`, the Kubernetes controllers (webhook.k8s) run for the application's lifespan."""
-    lifespan = None
+    """With `kube`, the Kubernetes controllers (webhook.k8s) run for the application's lifespan;
+    with settings.admission_cache_seconds, admission's node view is synced for it."""
+    # Every write goes through the view's store, so this process's own writes update it at once.
+    view = None
+    if settings.admission_cache_seconds > 0:
+        view = NodeView(store, lambda: _policy_of(app), settings.admission_cache_seconds)
+        store = cast(Store, WatchedStore(store, view))
+    controllers = None
     if kube is not None:
-        from webhook.k8s.controllers import lifespan as controllers
+        from webhook.k8s.controllers import lifespan as controllers_lifespan
 
-        lifespan = controllers(settings, store, kube, clock)
+        controllers = controllers_lifespan(settings, store, kube, clock)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if view is not None:
+            view.start()
+        try:
+            if controllers is None:
+                yield
+            else:
+                async with controllers(app):
+                    yield
+        finally:
+            if view is not None:
+                view.stop()
+
     admin = Admin(store, clock)
     metrics = Metrics(node_states=admin.node_state_counts)
     app = FastAPI(
@@ -64,6 +89,7 @@ def create_app(
     app.state.admin = admin
     app.state.clock = clock
     app.state.verifier = Verifier(settings, store, metrics, clock=clock, random_bytes=random_bytes)
+    app.state.node_view = view
 
     errors.install(app)
     app.include_router(routes_agent.router)
@@ -101,3 +127,10 @@ def create_app(
     )
     app.add_middleware(RequestContext)  # added last: outermost, so it sees every failure
     return app
+
+
+def _policy_of(app: FastAPI) -> Policy | None:
+    # Through the service's cache: each version is parsed once, and appraisals see what is read.
+    verifier: Verifier = app.state.verifier
+    active = verifier.active_policy()
+    return active.policy if active else None

@@ -42,6 +42,8 @@ _TOKEN: Final = re.compile(r"^[\x21-\x7e]{16,4096}$")
 _CERT_SUFFIXES: Final = (".pem", ".crt", ".cer", ".der")
 _MAX_CONFIG_FILE: Final = 1 * MiB
 FRESHNESS_EXPIRY: Final = "expiry"
+# The most a revocation or a verdict from another replica may take to judge admission (seconds).
+ADMISSION_CACHE_MAX: Final = 1.0
 _NAMESPACE: Final = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # A Lease name is a DNS-1123 subdomain.
 _LEASE_NAME: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -70,6 +72,8 @@ class Settings:
     # None: admission takes a trusted verdict until it expires (verdict_ttl); else also only this long.
     admission_freshness: dt.timedelta | None = None
     admission_exempt_namespaces: tuple[str, ...] = ("kube-system", "attest-system")
+    # How old admission's in-memory node view may be (webhook.nodestate); 0: every decision reads the store.
+    admission_cache_seconds: float = 1.0
     # Kubernetes controllers (docs/kubernetes.md). controllers None: on when running in a cluster
     # or given a kubeconfig (webhook.k8s.client.controllers_enabled).
     kubeconfig: Path | None = None
@@ -155,6 +159,13 @@ OPTIONS: Final = (
         "namespaces whose pods admission does not judge, as the webhook's namespaceSelector "
         "exempts them (repeatable)",
         multiple=True,
+    ),
+    Option(
+        "admission_cache_seconds",
+        "SECONDS",
+        f"admission decides from an in-memory view of the nodes at most this old (at most "
+        f"{ADMISSION_CACHE_MAX:g}); this process's own writes are in it at once; 0: read the database "
+        "for every decision",
     ),
     Option(
         "kubeconfig",
@@ -470,6 +481,16 @@ def _freshness(value: str) -> dict[str, Any]:
         ) from None
 
 
+def _cache_seconds(value: str) -> dict[str, Any]:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= ADMISSION_CACHE_MAX:
+        raise ValueError(f"{value!r} is not a number of seconds from 0 to {ADMISSION_CACHE_MAX:g}")
+    return {"admission_cache_seconds": seconds}
+
+
 def _namespaces(values: Sequence[str]) -> dict[str, Any]:
     for value in values:
         if not _NAMESPACE.match(value):
@@ -502,6 +523,7 @@ _PARSERS: Final[dict[str, Callable[[Any], dict[str, Any]]]] = {
     "log_level": _log_level,
     "admission_freshness": _freshness,
     "admission_exempt_namespaces": _namespaces,
+    "admission_cache_seconds": _cache_seconds,
     "kubeconfig": lambda v: {"kubeconfig": _existing_file(v)},
     "controllers": _boolean("controllers"),
     "csr_grace": _seconds("csr_grace"),

@@ -6,16 +6,28 @@ A review that is not v1, has no uid or does not parse is a 400 (webhook.errors),
 server applies failurePolicy Fail. Every review that parses is answered 200 with a decision,
 including the refusal when the database is down: kubectl then prints the verifier's reason
 instead of "failed calling webhook". The `timeout` query parameter the API server adds is
-ignored: a decision is one indexed read, far inside any timeout it can ask for.
+ignored: a decision is a lookup in memory (or one indexed read), far inside any timeout it can
+ask for.
+
+The routes are async: while admission's node view (webhook.nodestate) is within its bound a
+decision needs no I/O, so it is made on the event loop, without a worker thread. Only with
+--admission-cache-seconds 0, or a view past its bound whose store has not failed, do the
+store reads run in a worker thread. The body is parsed here (orjson, then the AdmissionReview
+model, which keeps the object under review a mapping) rather than by FastAPI, and the answer
+is written by its model straight to JSON: FastAPI would validate both once more.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Final
+from typing import Any, Final
 
-from fastapi import APIRouter, Request
+import orjson
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from attest.verify.policy import Policy
 from attest.wire import (
@@ -28,7 +40,9 @@ from attest.wire import (
 )
 from webhook.admission import Context, Decision, Options, decide, resource_of, review_response
 from webhook.config import Settings
+from webhook.errors import is_json
 from webhook.metrics import Metrics
+from webhook.nodestate import NodeView
 from webhook.service import ADMISSION_POLICY_MAX_AGE, Clock, Verifier
 
 log = logging.getLogger(__name__)
@@ -43,11 +57,46 @@ router = APIRouter(
 )
 
 
-def _answer(path: str, review: AdmissionReview, request: Request) -> AdmissionReviewOut:
+def _review(body: bytes, content_type: str | None) -> AdmissionReview:
+    """The posted review, or RequestValidationError: webhook.errors answers 400 invalid_request
+    (JSON_REQUIRED without the JSON content type, as for every other route)."""
+    if not is_json(content_type):
+        raise RequestValidationError([])
+    try:
+        return AdmissionReview.model_validate(orjson.loads(body))
+    except orjson.JSONDecodeError as e:
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body",), "msg": f"not JSON: {e}"}]
+        ) from None
+    except ValidationError as e:
+        raise RequestValidationError(e.errors(include_url=False, include_context=False)) from None
+
+
+async def _answer(path: str, request: Request) -> Response:
+    review = _review(await request.body(), request.headers.get("content-type"))
     state = request.app.state
     settings: Settings = state.settings
-    verifier: Verifier = state.verifier
     metrics: Metrics = state.metrics
+    clock: Clock = state.clock
+    view: NodeView | None = state.node_view
+
+    started = time.perf_counter()
+    lookups = view.lookups() if view is not None else None
+    if lookups is not None:
+        nodes, policy = lookups
+        context = Context(nodes=nodes, policy=policy, now=clock(), options=Options.of(settings))
+        decision = decide(path, review.request, context)
+    else:
+        decision = await run_in_threadpool(decide, path, review.request, _read_through(state, settings))
+    metrics.admission(decision.resource, decision.allowed, decision.code, time.perf_counter() - started)
+    _log(review, decision)
+    answer = review_response(review.request, decision).model_dump_json(by_alias=True, exclude_none=True)
+    return Response(answer, media_type="application/json")
+
+
+def _read_through(state: Any, settings: Settings) -> Context:
+    """Lookups that read the store (in the worker thread that decides)."""
+    verifier: Verifier = state.verifier
     clock: Clock = state.clock
 
     def active_policy() -> Policy | None:
@@ -56,17 +105,9 @@ def _answer(path: str, review: AdmissionReview, request: Request) -> AdmissionRe
         active = verifier.active_policy(ADMISSION_POLICY_MAX_AGE)
         return active.policy if active else None
 
-    started = time.perf_counter()
-    context = Context(
-        nodes=verifier.store.get_node,
-        policy=active_policy,
-        now=clock(),
-        options=Options.of(settings),
+    return Context(
+        nodes=verifier.store.get_node, policy=active_policy, now=clock(), options=Options.of(settings)
     )
-    decision = decide(path, review.request, context)
-    metrics.admission(decision.resource, decision.allowed, decision.code, time.perf_counter() - started)
-    _log(review, decision)
-    return review_response(review.request, decision)
 
 
 def _log(review: AdmissionReview, decision: Decision) -> None:
@@ -90,20 +131,23 @@ def _log(review: AdmissionReview, decision: Decision) -> None:
     )
 
 
-# Plain `def` routes: FastAPI runs them in a worker thread, as their store reads block.
-@router.post(ADMISSION_NODES, response_model_exclude_none=True)
-def nodes(review: AdmissionReview, request: Request) -> AdmissionReviewOut:
+# The body is AdmissionReview (attest.wire), read by _review; the answer AdmissionReviewOut.
+_ROUTE: Final[dict[str, Any]] = {"response_model": AdmissionReviewOut, "response_model_exclude_none": True}
+
+
+@router.post(ADMISSION_NODES, **_ROUTE)
+async def nodes(request: Request) -> Response:
     """Node CREATE and UPDATE by kubelets: only on their own Node, with the `unverified` taint."""
-    return _answer(ADMISSION_NODES, review, request)
+    return await _answer(ADMISSION_NODES, request)
 
 
-@router.post(ADMISSION_CSRS, response_model_exclude_none=True)
-def csrs(review: AdmissionReview, request: Request) -> AdmissionReviewOut:
+@router.post(ADMISSION_CSRS, **_ROUTE)
+async def csrs(request: Request) -> Response:
     """Kubelet CSR CREATE: malformed ones are refused, the others wait for attestation."""
-    return _answer(ADMISSION_CSRS, review, request)
+    return await _answer(ADMISSION_CSRS, request)
 
 
-@router.post(ADMISSION_PODS, response_model_exclude_none=True)
-def pods(review: AdmissionReview, request: Request) -> AdmissionReviewOut:
+@router.post(ADMISSION_PODS, **_ROUTE)
+async def pods(request: Request) -> Response:
     """Pod CREATE/UPDATE, pods/binding, pods/ephemeralcontainers: attested nodes, allowed images."""
-    return _answer(ADMISSION_PODS, review, request)
+    return await _answer(ADMISSION_PODS, request)
