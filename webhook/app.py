@@ -120,7 +120,11 @@ def create_app(
         metrics.agent_requests.labels("queued").set_function(lambda: gate.waiting)
     app.add_middleware(
         AgentLimits,
-        paths=[r.path_regex for r in routes_agent.router.routes if isinstance(r, APIRoute)],
+        paths=[
+            (r.path_regex, r.path in routes_agent.FINISHING_PATHS)
+            for r in routes_agent.router.routes
+            if isinstance(r, APIRoute)
+        ],
         gate=gate,
         buckets=RateLimiter(settings.node_rate, settings.node_burst) if settings.node_rate else None,
         on_shed=lambda reason: metrics.requests_rejected.labels(reason).inc(),
