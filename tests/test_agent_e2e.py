@@ -85,6 +85,7 @@ class Verifier:
     pki: Pki
     ek_ca: Any  # swtpm.provision.LocalCa
     database: str | None = None
+    flags: tuple[str, ...] = ()  # more `serve` options
     port: int = field(default_factory=_free_port)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -122,6 +123,7 @@ class Verifier:
             str(self.ek_ca.intermediate_cert),
             "--admin-token-file",
             str(self.token_file),
+            *self.flags,
         ]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
