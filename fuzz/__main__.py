@@ -1,11 +1,15 @@
 """python -m fuzz run [--seconds N] [--harness NAME ...] [--jobs N] [--scratch]
 python -m fuzz merge [--harness NAME ...]
+python -m fuzz seed
+python -m fuzz one NAME [libFuzzer arguments and inputs]
 
 `run` starts each harness under libFuzzer for N seconds, `--jobs` at a time, and prints the
 executions each made. New inputs grow fuzz/corpus/<harness>/ unless `--scratch` (CI) sends
 them to a temporary directory. A crash, timeout or out-of-memory input is left under
 fuzz/crashes/<harness>/ and makes the exit status 1. `merge` minimises each corpus in place
-(libFuzzer -merge=1): run it before committing a grown corpus.
+(libFuzzer -merge=1): run it before committing a grown corpus. `seed` adds the seeds from
+tests/data (fuzz.seed). `one` is one harness under libFuzzer, as `run` starts it; given a file
+instead of a directory, it runs that input once (a crash's traceback).
 """
 
 from __future__ import annotations
@@ -141,11 +145,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--jobs", type=int, default=2, help="harnesses at a time (default 2)")
     run.add_argument("--scratch", action="store_true", help="leave fuzz/corpus/ as it is")
     mrg = sub.add_parser("merge", help="minimise the corpora in place")
+    sub.add_parser("seed", help="add the seeds from tests/data to the corpora")
     for p in (run, mrg):
         p.add_argument("--harness", action="append", choices=HARNESSES, help="repeatable (default: all)")
     args = parser.parse_args(argv)
     if getattr(args, "seconds", 1) < 1 or getattr(args, "jobs", 1) < 1:
         parser.error("--seconds and --jobs must be at least 1")
+    if args.command == "seed":
+        from fuzz.seed import seed
+
+        for name, added in sorted(seed(MAX_LEN).items()):
+            print(f"{name:<13} {added} new seeds")
+        return 0
     names: list[str] = args.harness or list(HARNESSES)
     logs = Path(os.environ.get("FUZZ_LOGS") or tempfile.mkdtemp(prefix="fuzz-logs-"))
     logs.mkdir(parents=True, exist_ok=True)
