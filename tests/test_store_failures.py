@@ -138,12 +138,20 @@ def test_sqlite_locked_then_recovers(sqlite_url: str) -> None:
 
 def test_sqlite_read_only(sqlite_url: str) -> None:
     path = sqlite_url.removeprefix("sqlite:///")
-    SqlStore.open(sqlite_url).close()
+    writer = SqlStore.open(sqlite_url)
+    writer.put_policy("base", "v1")
+    writer.close()
     store = SqlStore.open(f"sqlite:///file:{path}?mode=ro&uri=true", migrate=False)
     try:
-        assert store.health().ok
+        # Readable, but not ready: every attestation writes.
+        health = store.health()
+        assert not health.ok
+        assert "readonly" in health.detail
         with pytest.raises(StoreUnavailable, match="readonly"):
-            store.put_policy("base", "v1")
+            store.put_policy("base", "v2")
+        record = store.get_policy("base")
+        assert record is not None
+        assert record.version == 1
     finally:
         store.close()
 
