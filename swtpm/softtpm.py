@@ -40,11 +40,20 @@ class SoftAk:
     """A key pair posing as an AK (ECC P-256 or RSA 2048, with an AK's attributes), so a test
     can sign exactly the structure it wants."""
 
-    def __init__(self, kind: str = "ecc", scheme: int = Alg.ECDSA, hash_id: int = Alg.SHA256) -> None:
+    def __init__(
+        self,
+        kind: str = "ecc",
+        scheme: int = Alg.ECDSA,
+        hash_id: int = Alg.SHA256,
+        *,
+        key: ec.EllipticCurvePrivateKey | None = None,
+    ) -> None:
+        """`key`: an ECC P-256 key to use instead of a new one (a benchmark's load generator
+        signs for AKs its parent enrolled)."""
         self.hash_id = hash_id
         self.scheme = scheme
         if kind == "ecc":
-            self.ec = ec.generate_private_key(ec.SECP256R1())
+            self.ec = key or ec.generate_private_key(ec.SECP256R1())
             n = self.ec.public_key().public_numbers()
             detail: RsaDetail | EccDetail = EccDetail(
                 SymDef(), Scheme(scheme, hash_id), 3, Scheme(), n.x.to_bytes(32), n.y.to_bytes(32)

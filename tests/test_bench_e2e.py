@@ -1,5 +1,5 @@
-"""The end-to-end throughput benchmark runs (2 agents, 3 s, SQLite) and leaves nothing behind: its
-figures come from running it by hand (python -m bench.e2e), never from a test."""
+"""The end-to-end throughput benchmark runs (2 agents and the soft load generator, 3 s, SQLite) and
+leaves nothing behind: its figures come from running it by hand (python -m bench.e2e), never from a test."""
 
 from __future__ import annotations
 
@@ -31,12 +31,20 @@ def test_e2e_benchmark_prints_a_rate_and_cleans_up(tmp_path: Path) -> None:
     tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(tmp)}
     argv = [sys.executable, "-m", "bench.e2e", "--agents", "2", "--seconds", "3", "--backend", "sqlite"]
+    argv += ["--soft-nodes", "8", "--concurrency", "4"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=env, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     row = re.search(r"^sqlite, 1 verifier\s+([0-9.]+)\s+([0-9.]+)", done.stdout, re.M)
     assert row is not None, done.stdout
     assert float(row.group(1)) > 0  # trusted verdicts/s, as the agents count them
     assert float(row.group(2)) > 0  # ... and as the verifier's /metrics counts them
+    # The verifier on its own: software-AK evidence from the load generator, every round trusted.
+    soft = re.search(
+        r"^soft sqlite, 1 verifier\s+([0-9.]+)\s+([0-9.]+).*?\s0\s+0\s.*\s([0-9.]+)$", done.stdout, re.M
+    )
+    assert soft is not None, done.stdout
+    assert float(soft.group(1)) > 0
+    assert float(soft.group(3)) > 0  # verifier CPU ms per attestation
     assert "verifier RSS <= 300 MB" in done.stdout
     assert _processes_mentioning(str(tmp)) == []
     assert list(tmp.iterdir()) == []

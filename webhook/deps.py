@@ -17,17 +17,19 @@ from webhook.service import Verifier
 _CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="attest-verifier admin"'}
 
 
-def get_settings(request: Request) -> Settings:
+# async: FastAPI runs a plain `def` dependency in a worker thread, a thread handoff per request
+# (and per dependency) for what is an attribute read.
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_verifier(request: Request) -> Verifier:
+async def get_verifier(request: Request) -> Verifier:
     verifier: Verifier = request.app.state.verifier
     return verifier
 
 
-def get_admin(request: Request) -> Admin:
+async def get_admin(request: Request) -> Admin:
     admin: Admin = request.app.state.admin
     return admin
 

@@ -24,6 +24,7 @@ from attest.wire import (
 )
 from webhook.deps import EnrollmentId, NodeName, VerifierDep
 from webhook.errors import INVALID_REQUEST, JSON_REQUIRED, BadRequest, is_json
+from webhook.service import Verifier
 
 EVIDENCE_PATH: Final = API_PREFIX + "/nodes/{node}/evidence"
 ACTIVATE_PATH: Final = API_PREFIX + "/enroll/{enrollment_id}/activate"
@@ -67,11 +68,12 @@ async def challenge(
     return await agent_thread(request, verifier.challenge, node, body)
 
 
-def _parse_evidence(body: bytes) -> Evidence:
+def _evidence(verifier: Verifier, node: str, body: bytes) -> VerdictOut:
     try:
-        return Evidence.model_validate_json(body)
+        parsed = Evidence.model_validate_json(body)
     except ValidationError as e:
         raise RequestValidationError(e.errors(include_url=False, include_context=False)) from None
+    return verifier.submit_evidence(node, parsed)
 
 
 @router.post(
@@ -85,5 +87,5 @@ async def evidence(node: NodeName, request: Request, verifier: VerifierDep) -> V
     # work that would stall every other request if it ran on the event loop.
     if not is_json(request.headers.get("content-type")):
         raise BadRequest(INVALID_REQUEST, JSON_REQUIRED)
-    parsed = await agent_thread(request, _parse_evidence, await request.body())
-    return await agent_thread(request, verifier.submit_evidence, node, parsed)
+    # One trip to a worker thread for both: each trip costs a thread handoff.
+    return await agent_thread(request, _evidence, verifier, node, await request.body())

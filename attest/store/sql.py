@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
@@ -112,9 +113,14 @@ def _cause(e: BaseException) -> str:
 class SqlStore:
     """The Store over SQLAlchemy. Make one with SqlStore.open(url); thread safe."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, lock_timeout: float = 5.0) -> None:
         self._engine = engine
         self.backend: str = engine.dialect.name
+        # SQLite has one writer at a time, and a writer waiting for the file lock polls with
+        # sleeps of up to 100 ms (its busy handler): this process's writers queue on a lock of
+        # its own instead, and only another process's writer makes them poll.
+        self._writer = threading.Lock() if self.backend == "sqlite" else None
+        self._lock_timeout = lock_timeout
         self._next_purge = 0.0
         self._upsert_verdict = _verdict_upsert(self.backend)
 
@@ -138,7 +144,7 @@ class SqlStore:
             engine = _postgresql_engine(parsed, lock_timeout)
         else:
             raise ValueError(f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://")
-        store = cls(engine)
+        store = cls(engine, lock_timeout)
         try:
             store._prepare_schema(migrate)
         except BaseException:
@@ -154,6 +160,9 @@ class SqlStore:
     @contextlib.contextmanager
     def _tx(self, *, write: bool = False) -> Iterator[Connection]:
         """One transaction, with every database failure turned into a StoreError."""
+        writer = self._writer if write else None
+        if writer is not None and not writer.acquire(timeout=self._lock_timeout):
+            raise StoreUnavailable(f"{self.backend} database unavailable: another write took too long")
         try:
             with self._engine.connect() as conn:
                 if write:
@@ -173,6 +182,9 @@ class SqlStore:
             raise StoreUnavailable(f"{self.backend} database unavailable: {_cause(e)}") from e
         except SQLAlchemyError as e:
             raise StoreUnavailable(f"{self.backend} database unavailable: {_cause(e)}") from e
+        finally:
+            if writer is not None:
+                writer.release()
 
     def _prepare_schema(self, migrate: bool) -> None:
         from alembic import command
