@@ -45,7 +45,7 @@ def pcrread_yaml(values: PcrValues) -> str:
     )
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(pcr_values())
 def test_pcr_files_round_trip_in_every_format(sv: tuple[PcrSelection, PcrValues]) -> None:
     selection, values = sv
@@ -72,7 +72,7 @@ def replayed(raw: bytes) -> dict[str, dict[int, bytes]]:
     return {bank: dict(v) for bank, v in eventlog.replay(eventlog.parse(raw)).pcrs.items()}
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(events, st.integers(0, 23), st.binary(max_size=40))
 def test_appending_an_event_extends_its_pcr_by_its_digest(
     evs: list[tuple[int, bytes]], pcr: int, data: bytes
@@ -86,7 +86,7 @@ def test_appending_an_event_extends_its_pcr_by_its_digest(
         assert after[bank] == expected
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(events)
 def test_replay_is_the_fold_from_the_reset_values(evs: list[tuple[int, bytes]]) -> None:
     values = {pcr: pcr_reset_value(pcr, 32) for pcr in range(24)}
@@ -95,7 +95,7 @@ def test_replay_is_the_fold_from_the_reset_values(evs: list[tuple[int, bytes]]) 
     assert replayed(log_of(evs))["sha256"] == values
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(events, st.data())
 def test_dropping_or_swapping_events_changes_the_replayed_pcr(
     evs: list[tuple[int, bytes]], data: st.DataObject
@@ -129,7 +129,7 @@ def ima_list(names: list[str]) -> bytes:
     )
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(paths)
 def test_ima_pcr_10_is_the_fold_of_the_template_hashes(names: list[str]) -> None:
     log = ima.parse(ima_list(names))
@@ -144,7 +144,7 @@ def test_ima_pcr_10_is_the_fold_of_the_template_hashes(names: list[str]) -> None
         assert state.pcrs["sha256"][10] == sha256
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(paths, st.data())
 def test_ima_replay_in_rounds_is_replay_of_the_whole(names: list[str], data: st.DataObject) -> None:
     whole = ima_list(names)
