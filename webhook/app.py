@@ -92,9 +92,10 @@ def create_app(
     app.state.node_view = view
 
     errors.install(app)
+    # Admission first: the router tries routes in order, and admission is the busiest path.
+    app.include_router(routes_admission.router)
     app.include_router(routes_agent.router)
     app.include_router(routes_admin.router)
-    app.include_router(routes_admission.router)
     app.include_router(health.router)
 
     evidence = re.compile(re.sub(r"\{[a-z_]+\}", "[^/]+", routes_agent.EVIDENCE_PATH))

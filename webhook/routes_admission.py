@@ -35,8 +35,6 @@ from attest.wire import (
     ADMISSION_NODES,
     ADMISSION_PODS,
     AdmissionReview,
-    AdmissionReviewOut,
-    ErrorOut,
 )
 from webhook.admission import Context, Decision, Options, decide, resource_of, review_response
 from webhook.config import Settings
@@ -51,10 +49,7 @@ log = logging.getLogger(__name__)
 # request limit (a Pod with large annotations or many containers comes close to neither).
 ADMISSION_BODY_LIMIT: Final = 6 * 1024 * 1024
 
-router = APIRouter(
-    tags=["admission"],
-    responses={status: {"model": ErrorOut} for status in (400, 413, 415)},
-)
+router = APIRouter()
 
 
 def _review(body: bytes, content_type: str | None) -> AdmissionReview:
@@ -131,23 +126,23 @@ def _log(review: AdmissionReview, decision: Decision) -> None:
     )
 
 
-# The body is AdmissionReview (attest.wire), read by _review; the answer AdmissionReviewOut.
-_ROUTE: Final[dict[str, Any]] = {"response_model": AdmissionReviewOut, "response_model_exclude_none": True}
-
-
-@router.post(ADMISSION_NODES, **_ROUTE)
 async def nodes(request: Request) -> Response:
     """Node CREATE and UPDATE by kubelets: only on their own Node, with the `unverified` taint."""
     return await _answer(ADMISSION_NODES, request)
 
 
-@router.post(ADMISSION_CSRS, **_ROUTE)
 async def csrs(request: Request) -> Response:
     """Kubelet CSR CREATE: malformed ones are refused, the others wait for attestation."""
     return await _answer(ADMISSION_CSRS, request)
 
 
-@router.post(ADMISSION_PODS, **_ROUTE)
 async def pods(request: Request) -> Response:
     """Pod CREATE/UPDATE, pods/binding, pods/ephemeralcontainers: attested nodes, allowed images."""
     return await _answer(ADMISSION_PODS, request)
+
+
+# Plain Starlette routes, not FastAPI's: the endpoint reads and answers the review itself, so
+# FastAPI's dependency solving and response handling would be work per request for nothing.
+# They are therefore not in /openapi.json: the API server, not a person, calls them.
+for _path, _endpoint in ((ADMISSION_NODES, nodes), (ADMISSION_CSRS, csrs), (ADMISSION_PODS, pods)):
+    router.add_route(_path, _endpoint, methods=["POST"], include_in_schema=False)
