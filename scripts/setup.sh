@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # postgresql: the store's tests start a private server of their own (tests/pg.py). wrk: the
-# admission benchmark's maximum-rate load generator (bench/admission.py).
-APT_PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config gcc python3-venv python3-dev openssl postgresql wrk)
+# admission benchmark's maximum-rate load generator (bench/admission.py). faketime: the clock-jump
+# fault tests step the verifier's wall clock with libfaketime (tests/test_faults_clock.py).
+APT_PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config gcc python3-venv python3-dev openssl postgresql wrk faketime)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -46,7 +46,7 @@ def start_server(
     token.write_text(TOKEN + "\n")
     token.chmod(0o600)
 
-    def start(*extra: str, ek_roots: Path | None = None) -> Server:
+    def start(*extra: str, ek_roots: Path | None = None, env: dict[str, str] | None = None) -> Server:
         return start_verifier(
             "--ek-roots",
             str(ek_roots or swtpm_ca.root_cert),
@@ -56,6 +56,7 @@ def start_server(
             str(token),
             *extra,
             database=store_url,
+            env=env,
         )
 
     return start

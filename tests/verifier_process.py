@@ -1,10 +1,11 @@
 """`attest-verifier serve` as a real process, for the tests that call it over TLS:
 
-    start_verifier  (function) start_verifier(*flags, database=None) -> Server: HTTPS on a free
+    start_verifier  (function) start_verifier(*flags, database=None, env=None) -> Server: HTTPS on a free
                                127.0.0.1 port with a throwaway CA (tests.tlsfixtures); `database`
                                is a URL (`store_url` from tests/pg.py runs a test on SQLite and
                                on PostgreSQL), a SQLite file prepared before, or None for a new
-                               SQLite file under tmp_path; returns once /healthz answers; every
+                               SQLite file under tmp_path; `env` adds environment variables (the
+                               clock tests' libfaketime); returns once /healthz answers; every
                                process is killed at teardown
 
 The flags are the caller's (--ek-roots, --admin-token-file, --admission-freshness, ...), and
@@ -19,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,9 @@ StartVerifier = Callable[..., Server]
 def start_verifier(tmp_path: Path) -> Iterator[StartVerifier]:
     started: list[Server] = []
 
-    def start(*flags: str, database: Path | str | None = None) -> Server:
+    def start(
+        *flags: str, database: Path | str | None = None, env: Mapping[str, str] | None = None
+    ) -> Server:
         n = len(started)
         tls = write_tls(tmp_path / f"tls{n}")
         if not isinstance(database, str):
@@ -100,7 +103,9 @@ def start_verifier(tmp_path: Path) -> Iterator[StartVerifier]:
             *flags,
         ]
         with log.open("wb") as out:
-            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=clean_env())
+            process = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env={**clean_env(), **(env or {})}
+            )
         server = Server(process, f"https://127.0.0.1:{port}", tls, database, log)
         started.append(server)
         deadline = time.monotonic() + START_TIMEOUT
