@@ -630,6 +630,19 @@ def test_freshness_max_age_is_stricter_than_the_expiry() -> None:
     assert judge(doc, ten_minutes_old, max_age=11 * MINUTE).allowed
 
 
+def test_a_verdict_appraised_ahead_of_the_clock_admits_only_within_the_skew() -> None:
+    doc = fixture("05-validate-pods-binding-CREATE-demo.json")
+
+    def appraised(at: dt.datetime) -> Lookups:
+        return Lookups(nodes={"node2": node_record("node2", "trusted", appraised=at)})
+
+    # Another replica's clock a little ahead: fine. A clock set back by minutes: not fresh.
+    assert judge(doc, appraised(NOW + dt.timedelta(seconds=5))).allowed
+    decision = judge(doc, appraised(NOW + 10 * MINUTE))
+    assert codes(decision) == ["admission_node_stale"]
+    assert "10m after this verifier's clock reads: a clock was set back" in decision.denials[0].message
+
+
 def test_a_verdict_expiring_now_is_stale() -> None:
     record = node_record("node2", "trusted")
     assert record is not None

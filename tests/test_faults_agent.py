@@ -12,18 +12,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from attest.agent.daemon import TpmDeadline
+from attest.errors import TpmError
 from tests.test_agent_e2e import AGENT, AgentProcess, Node, Verifier, _node, _once, _stop, verifier
 
 __all__ = ["verifier"]  # the fixture, used by name
 
-pytestmark = pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
-
 TPM_TIMEOUT = "2"
+SQLITE = pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 
 
 def _hang(node: Node) -> int:
@@ -39,6 +42,7 @@ def _power_on(node: Node) -> None:
     node.boot()
 
 
+@SQLITE
 def test_once_exits_2_with_a_clear_message_when_the_tpm_hangs_or_is_gone(
     verifier: Verifier, swtpm: Any, tmp_path: Path
 ) -> None:
@@ -71,6 +75,7 @@ def test_once_exits_2_with_a_clear_message_when_the_tpm_hangs_or_is_gone(
     assert not back.stderr.count("event=enroll.start")  # the AK lives in the TPM's NV-backed state
 
 
+@SQLITE
 def test_run_backs_off_while_the_tpm_is_gone_and_recovers_when_it_is_back(
     verifier: Verifier, swtpm: Any, tmp_path: Path
 ) -> None:
@@ -112,3 +117,32 @@ def test_run_backs_off_while_the_tpm_is_gone_and_recovers_when_it_is_back(
     text = log.read_text()
     assert "Traceback" not in text
     assert "agent.died" not in text
+
+
+def test_the_tpm_deadline_fails_fast_while_a_call_is_stuck_and_recovers_when_it_returns() -> None:
+    deadline = TpmDeadline(0.2)
+    assert deadline.call("reading", lambda: 7) == 7
+    with pytest.raises(TpmError, match=r"^quoting: boom$"):
+        deadline.call("quoting", _raise_boom)
+
+    answer = threading.Event()
+    with pytest.raises(TpmError, match=r"quoting: the TPM did not answer within 0\.2 s"):
+        deadline.call("quoting", lambda: answer.wait(60))
+    # One thread is left in the TPM; the next calls do not queue behind it.
+    with pytest.raises(
+        TpmError, match="loading the attestation key: the TPM has not answered a command sent"
+    ):
+        deadline.call("loading the attestation key", lambda: 7)
+    answer.set()
+    for _ in range(100):  # the stuck call returns at once now; give its thread time to end
+        try:
+            assert deadline.call("reading", lambda: 8) == 8
+            break
+        except TpmError:
+            time.sleep(0.05)
+    else:
+        raise AssertionError("the deadline did not recover after the stuck call returned")
+
+
+def _raise_boom() -> None:
+    raise TpmError("quoting: boom")

@@ -173,6 +173,9 @@ def test_kill_9_under_load_loses_nothing_acknowledged_and_accepts_no_nonce_twice
             verifier.start()
         agent.mark()
         agent.wait("the agent's recovery after the last kill", lambda: bool(agent.verdicts()))
+        agent.wait(
+            "a verdict for every load client", lambda: ledger.verdicts.keys() == {n.name for n in soft}
+        )
     finally:
         stop.set()
         for t in threads:
