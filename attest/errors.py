@@ -10,8 +10,10 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from attest.reasons import Reason
 
 # What `cryptography` raises for bytes that are not the certificate, CSR or key they claim to
-# be: ValueError mostly, but an unknown X.509 version or key algorithm is neither (fuzz findings).
-UNDECODABLE: Final = (ValueError, x509.InvalidVersion, UnsupportedAlgorithm)
+# be: ValueError mostly, but an unknown X.509 version or key algorithm is neither, and a name
+# attribute of the wrong ASN.1 type is a TypeError when the name is read (fuzz findings). Catch
+# it around those calls only: elsewhere a TypeError is a bug.
+UNDECODABLE: Final = (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm)
 
 
 class AttestError(Exception):

@@ -99,7 +99,7 @@ def test_kubelet_csr_whose_key_does_not_decode() -> None:
     """Fuzzer (admission harness, 1.6k executions): cryptography decodes a CSR's key only when
     asked, so is_signature_valid raised ValueError("Invalid key") out of the admission decision:
     a 500 to the API server instead of admission_csr_malformed."""
-    with pytest.raises(MalformedKubeletCsr, match="public key does not parse") as e:
+    with pytest.raises(MalformedKubeletCsr, match="key or subject does not parse") as e:
         parse_kubelet_csr(CLIENT_SIGNER, CSR_BAD_POINT, ["digital signature", "client auth"])
     assert e.value.field == "spec.request"
 
@@ -119,7 +119,7 @@ lsA=
 def test_kubelet_csr_of_an_unknown_key_type() -> None:
     """Fuzzer (admission harness, 5.6k executions, after the fix above): an unknown key
     algorithm makes cryptography raise UnsupportedAlgorithm, which is no ValueError either."""
-    with pytest.raises(MalformedKubeletCsr, match="public key does not parse"):
+    with pytest.raises(MalformedKubeletCsr, match="key or subject does not parse"):
         parse_kubelet_csr(CLIENT_SIGNER, CSR_UNKNOWN_KEY_TYPE, ["digital signature", "client auth"])
 
 
@@ -132,4 +132,25 @@ def test_ek_and_ima_certificates_with_an_unknown_x509_version() -> None:
         assert e.value.code is Reason.EK_CERT_MALFORMED
     with pytest.raises(ParseError) as e:
         imasig.KeyRing.load([CERT_VERSION_66])
+    assert e.value.code is Reason.POLICY_INVALID
+
+
+# A self-signed P-256 certificate whose subject CN's UTF8String tag (0x0c) was edited to BIT STRING.
+CERT_CN_BIT_STRING = bytes.fromhex(
+    "3081f830819fa003020102020101300a06082a8648ce3d0403023000301e170d3230303130313030303030305a17"
+    "0d3330303130313030303030305a300c310a300806035504030301783059301306072a8648ce3d020106082a8648"
+    "ce3d0301070342000470a5252c26a864f7a101d288f2681b04ee2b6da7d48b9c1b90399870821a5cfe9199a650f5"
+    "538a6235a2e822a9802e5b02c121faf5ae076a98dc10c28df8ea59300a06082a8648ce3d04030203480030450221"
+    "00a6d89aea0b7195710fc053dcb1ba11e3a23b69f83056e8bf077229012999b0d102202e8fee17a5c54632309aef"
+    "2c6bb3f8f72aafe6a9f03139700ca8b773d028162c"
+)
+
+
+def test_efi_certificate_with_a_bit_string_in_its_subject() -> None:
+    """Fuzzer (eventlog harness, 72k executions after the InvalidVersion fix): a db certificate
+    whose subject attribute is a BIT STRING loads, then reading its subject raises TypeError
+    ("oid must be X500_UNIQUE_IDENTIFIER for BitString type") out of Event.decoded."""
+    assert efi.certificate(CERT_CN_BIT_STRING).subject is None
+    with pytest.raises(ParseError) as e:
+        imasig.KeyRing.load([CERT_CN_BIT_STRING])
     assert e.value.code is Reason.POLICY_INVALID

@@ -95,27 +95,28 @@ def parse_kubelet_csr(signer: str, request: bytes, usages: Sequence[str]) -> Kub
     except ValueError:
         raise MalformedKubeletCsr("spec.request is not a PEM certificate request") from None
     try:
-        # Both decode the key, which load_pem_x509_csr leaves undecoded (fuzz findings: a
-        # point off the curve, an unknown key type).
+        # load_pem_x509_csr leaves the key and the subject undecoded (fuzz findings: a point off
+        # the curve, an unknown key type, a name attribute of the wrong type).
         key = csr.public_key()
         signed = csr.is_signature_valid
+        subject = csr.subject
     except UNDECODABLE:
-        raise MalformedKubeletCsr("the certificate request's public key does not parse") from None
+        raise MalformedKubeletCsr("the certificate request's key or subject does not parse") from None
     if not signed:
         raise MalformedKubeletCsr("the certificate request is not signed by the key it names")
 
-    cns = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    orgs = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+    cns = [a.value for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    orgs = [a.value for a in subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
     cn = cns[0] if len(cns) == 1 and isinstance(cns[0], str) else ""
     node = cn.removeprefix(NODE_USER_PREFIX)
     if (
-        len(list(csr.subject)) != 2
+        len(list(subject)) != 2
         or orgs != [NODES_GROUP]
         or cn != NODE_USER_PREFIX + node
         or not valid_node_name(node)
     ):
         raise MalformedKubeletCsr(
-            f"the subject is {csr.subject.rfc4514_string()!r}, not exactly "
+            f"the subject is {subject.rfc4514_string()!r}, not exactly "
             f"O={NODES_GROUP}, CN={NODE_USER_PREFIX}<node name>"
         )
 
