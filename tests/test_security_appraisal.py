@@ -3,7 +3,7 @@
 
 - a quoted PCR with no events in the log must hold its reset value;
 - malformed event logs leave the node untrusted, never trusted;
-- an exception during appraisal never makes a node trusted (fail closed).
+- any exception during appraisal leaves the node untrusted (fail closed).
 """
 
 from __future__ import annotations
@@ -72,26 +72,40 @@ def test_a_malformed_event_log_leaves_the_node_untrusted(
     assert any(c.startswith("eventlog_") for c in codes), codes
 
 
-def test_an_exception_during_appraisal_never_makes_a_node_trusted(
+def test_an_exception_during_appraisal_leaves_the_node_untrusted(
     world: World, good: SoftNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """appraise() turns any exception into an untrusted verdict with internal_error. It carries
-    no proven PCRs, so the service refuses the evidence (422) and stores no verdict: a node
-    never attested stays unattested, and a trusted node gets no new verdict, so its last one
-    runs out at its expiry (docs/security.md: residual)."""
-    fresh = SoftNode("node-b.example", world.ca)
-    world.enroll(fresh)
+    """After the quote proved its PCRs, an exception is an untrusted verdict with internal_error,
+    stored: a trusted node is untrusted at once (it used to keep its last verdict until that
+    expired), its clock high-water mark and IMA position unchanged."""
     assert world.attest(good).trusted
     before = world.store.get_node(good.name)
+    assert before is not None
 
     def broken(*_args: object, **_kwargs: object) -> None:
         raise ZeroDivisionError("a bug in a parser")
 
     monkeypatch.setattr(attest.verify.appraise, "_boot", broken)
-    for node in (fresh, good):
-        with pytest.raises(EvidenceRejected) as e:
-            world.attest(node)
-        assert [r.code for r in e.value.findings] == [Reason.INTERNAL_ERROR]
+    assert _codes(world, good) == {"internal_error"}
+    after = world.store.get_node(good.name)
+    assert after is not None
+    assert (after.clock, after.ima_state) == (before.clock, before.ima_state)
+
+
+def test_an_exception_before_the_quote_is_proven_stores_no_verdict(
+    world: World, good: SoftNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the quote verified nothing in the evidence is provably the node's: the evidence
+    is refused (422) with internal_error, and a node never trusted stays so."""
+    fresh = SoftNode("node-b.example", world.ca)
+    world.enroll(fresh)
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise ZeroDivisionError("a bug in the quote parser")
+
+    monkeypatch.setattr(attest.verify.appraise, "verify_quote", broken)
+    with pytest.raises(EvidenceRejected) as e:
+        world.attest(fresh)
+    assert [r.code for r in e.value.findings] == [Reason.INTERNAL_ERROR]
     assert world.admin.node(fresh.name).state != "trusted"
-    assert world.store.get_node(good.name) == before
     assert world.store.audit[-1].kind == "rejected-evidence"

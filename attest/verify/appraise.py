@@ -25,7 +25,7 @@ from attest.verify.containers import appraise_containers
 from attest.verify.imasig import KeyRing, verify_entry_signature
 from attest.verify.pcrs import PcrValues
 from attest.verify.policy import Policy, evaluate_boot, evaluate_ima
-from attest.verify.quote import AkPublic, compare_clock, verify_quote
+from attest.verify.quote import AkPublic, QuoteResult, compare_clock, verify_quote
 from attest.verify.tpmstructs import ClockInfo
 
 # PCRs other logs own: the firmware log neither covers nor must reset them.
@@ -194,7 +194,11 @@ def appraise(evidence: Evidence, expect: Expectations, *, cache: AppraisalCache 
     try:
         return _appraise(evidence, expect, default_cache() if cache is None else cache)
     except Exception as e:  # fail closed: the verdict must exist and must be untrusted
-        return Verdict(False, (Finding(Reason.INTERNAL_ERROR, f"appraisal failed: {type(e).__name__}: {e}"),))
+        return Verdict(False, (_internal_error(e),))
+
+
+def _internal_error(e: Exception) -> Finding:
+    return Finding(Reason.INTERNAL_ERROR, f"appraisal failed: {type(e).__name__}: {e}")
 
 
 def _appraise(evidence: Evidence, expect: Expectations, cache: AppraisalCache) -> Verdict:
@@ -216,7 +220,25 @@ def _appraise(evidence: Evidence, expect: Expectations, cache: AppraisalCache) -
     if not result.ok:
         # Without proven PCR values no log can be judged: stop with the quote's reasons.
         return Verdict(False, tuple(findings), clock=result.clock_info)
+    try:
+        return _appraise_proven(evidence, expect, cache, result, findings)
+    except Exception as e:
+        # Fail closed with the proven PCRs, so the service stores this untrusted verdict (a
+        # trusted node does not keep its last one until it expires). No clock: the rollback
+        # check may not have run, and the stored high-water mark must stay where it is.
+        pcrs = {b: dict(v) for b, v in result.pcrs.items()}
+        return Verdict(False, (*findings, _internal_error(e)), pcrs=pcrs)
 
+
+def _appraise_proven(
+    evidence: Evidence,
+    expect: Expectations,
+    cache: AppraisalCache,
+    result: QuoteResult,
+    findings: list[Finding],
+) -> Verdict:
+    """The rest of the appraisal, once the quote proved its PCR values."""
+    policy = expect.policy
     reboot = False
     if expect.previous_clock is not None:
         change = compare_clock(
