@@ -135,7 +135,12 @@ def merge(name: str, logs: Path) -> tuple[int, int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["one"] and len(argv) >= 2:
+    if argv[:1] == ["one"]:
+        if len(argv) < 2 or argv[1] not in HARNESSES:
+            print(
+                f"usage: python -m fuzz one {{{','.join(HARNESSES)}}} [libFuzzer arguments]", file=sys.stderr
+            )
+            return 2
         _fuzz_one(argv[1], argv[2:])
         return 0
     parser = argparse.ArgumentParser(prog="python -m fuzz", description=__doc__.split("\n\n")[0])

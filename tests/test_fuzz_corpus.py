@@ -31,6 +31,7 @@ def test_an_unknown_harness_is_refused() -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["run", "--harness", "nope"])
     assert exit_.value.code == 2
+    assert main(["one", "nope"]) == 2
 
 
 def test_executions_are_read_from_libfuzzers_final_lines() -> None:
