@@ -16,11 +16,12 @@ import httpx
 import pytest
 
 from attest.cli.main import main as attestctl
+from attest.errors import UsageError
 from attest.reasons import Reason
 from attest.wire import valid_node_name
 from tests.tlsfixtures import write_tls
 from tests.verifier_process import Server, StartVerifier
-from webhook.config import POLICY_NAME_PATTERN
+from webhook.config import POLICY_NAME_PATTERN, load_settings
 from webhook.errors import INVALID_REQUEST, NOT_FOUND
 from webhook.routes_admin import POLICIES_PATH
 
@@ -133,3 +134,10 @@ def test_attestctl_refuses_a_hostile_node_name_before_sending_anything(
         err = capsys.readouterr().err
         assert "is not a Kubernetes node name" in err
         assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ["default\n", "../default", "d\u0435fault", "a" * 129, ""])
+def test_the_verifiers_policy_name_option_is_a_policy_name(name: str) -> None:
+    with pytest.raises(UsageError, match="POLICY_NAME"):
+        load_settings({}, {"ATTEST_VERIFIER_POLICY_NAME": name}, None)
+    assert load_settings({}, {"ATTEST_VERIFIER_POLICY_NAME": "default"}, None).policy_name == "default"

@@ -449,7 +449,7 @@ def _boolean(key: str) -> Callable[[str | bool], dict[str, Any]]:
 
 
 def _policy_name(value: str) -> dict[str, Any]:
-    if not re.match(POLICY_NAME_PATTERN, value):
+    if not re.fullmatch(POLICY_NAME_PATTERN, value):
         raise ValueError(f"{value!r}: letters, digits, '.', '_' and '-', at most 128")
     return {"policy_name": value}
 
