@@ -11,9 +11,14 @@ from __future__ import annotations
 import contextlib
 
 from attest.errors import ParseError, VerificationError
-from attest.verify import ima, imasig
+from attest.verify import ima, imasig, policy
 
 _BANKS = ("sha1", "sha256", "sha384", "sha512", "sm3_256")
+_POLICY = policy.load_policy(
+    "version: 1\nname: fuzz\nima:\n  exclude: ['/tmp/*']\n"
+    "  allow: {/usr/bin/bash: ['sha256:" + "00" * 32 + "'], /init: ['sha1:" + "00" * 20 + "']}\n"
+)
+_BOOT_PCRS = {bank: {i: bytes(size) for i in range(10)} for bank, size in (("sha1", 20), ("sha256", 32))}
 
 
 def one_input(data: bytes) -> None:
@@ -35,6 +40,9 @@ def one_input(data: bytes) -> None:
         match = ima.match_quote(log, quoted) if quoted else None
     except VerificationError:
         return
+    policy.evaluate_ima(_POLICY, match.accepted if match else log.entries)
+    with contextlib.suppress(VerificationError):
+        ima.verify_boot_aggregate(log, _BOOT_PCRS)
     if match is not None and all(e.pcr == ima.IMA_PCR for e in log.entries):
         # The quote of the whole list's replay accepts the whole list, nothing pending.
         assert match.accepted == log.entries, (len(match.accepted), len(log.entries))
