@@ -48,3 +48,24 @@ def test_e2e_benchmark_prints_a_rate_and_cleans_up(tmp_path: Path) -> None:
     assert "verifier RSS <= 300 MB" in done.stdout
     assert _processes_mentioning(str(tmp)) == []
     assert list(tmp.iterdir()) == []
+
+
+def test_size_benchmark_runs_tiny_and_cleans_up(tmp_path: Path) -> None:
+    tmp = tmp_path / "t"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    argv = [sys.executable, "-m", "bench.size", "--sizes", "20,60", "--seconds", "1", "--rate", "20"]
+    argv += ["--soft-nodes", "4"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for nodes in ("20", "60"):
+        rate = re.search(rf"^size {nodes} nodes: attestations \(1 s\)\s+([0-9.,]+)/s", done.stdout, re.M)
+        assert rate is not None, done.stdout
+        assert float(rate.group(1).replace(",", "")) > 0
+        assert re.search(rf"^size {nodes} nodes: admission p99 at 20 req/s\s+[0-9.]+ ms", done.stdout, re.M)
+        assert re.search(
+            rf"^size {nodes} nodes: attestctl audit export\s+[0-9.]+ s, [0-9]+ MB", done.stdout, re.M
+        )
+    assert re.search(r"^size 60 vs 20 nodes: attestation rate\s+[+-][0-9]+%\s+within 20%", done.stdout, re.M)
+    assert _processes_mentioning(str(tmp)) == []
+    assert list(tmp.iterdir()) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import datetime as dt
 import hashlib
 import os
@@ -404,6 +406,26 @@ def test_verdict_for_unknown_or_revoked_node(store: SqlStore) -> None:
     with pytest.raises(Conflict) as revoked:
         store.record_verdict(verdict(), None, None)
     assert revoked.value.code is Reason.NODE_REVOKED
+
+
+def test_node_state_counts_match_each_nodes_state(store: SqlStore) -> None:
+    from webhook.admin import node_state
+
+    assert store.node_state_counts(NOW) == {}
+    for i, name in enumerate(["enrolled", "untrusted", "stale", "fresh", "no-expiry", "revoked"]):
+        enroll(store, name, f"{i}" * 64, ak=name.encode())
+    store.record_verdict(verdict("untrusted", trusted=False), None, None)
+    store.record_verdict(verdict("stale", at=NOW - dt.timedelta(minutes=10)), None, None)
+    store.record_verdict(verdict("fresh"), None, None)
+    store.record_verdict(dataclasses.replace(verdict("no-expiry"), expires_at=None), None, None)
+    store.record_verdict(verdict("revoked"), None, None)
+    store.revoke_node("revoked", "x")
+    counts = store.node_state_counts(NOW)
+    assert counts == {"enrolled": 1, "untrusted": 1, "stale": 2, "trusted": 1, "revoked": 1}
+    # The same as judging each node in Python (webhook.admin.node_state), at any time.
+    for at in (NOW, NOW + dt.timedelta(minutes=10), NOW + dt.timedelta(hours=1)):
+        expected = collections.Counter(node_state(n, at) for n in store.list_nodes())
+        assert store.node_state_counts(at) == dict(expected)
 
 
 def test_round_state_reads_node_policy_version_and_nonce_without_consuming(store: SqlStore) -> None:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import hashlib
@@ -168,6 +169,11 @@ class FakeStore:
 
     def list_nodes(self) -> list[NodeRecord]:
         return list(self.nodes.values())
+
+    def node_state_counts(self, now: dt.datetime) -> dict[str, int]:
+        from webhook.admin import node_state
+
+        return dict(collections.Counter(node_state(n, now) for n in self.nodes.values()))
 
     def revoke_node(self, name: str, reason: str) -> NodeRecord:
         if name not in self.nodes:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections import Counter
 from collections.abc import Mapping
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -141,8 +140,7 @@ class Admin:
         return node_out(self.store.revoke_node(name, "revoked by an operator"), self._clock())
 
     def node_state_counts(self) -> Mapping[str, int]:
-        now = self._clock()
-        return Counter(node_state(n, now) for n in self.store.list_nodes())
+        return self.store.node_state_counts(self._clock())
 
     def enroll_ek(self, request: EkEnrollRequest) -> EkOut:
         key, certificate = _operator_key(request)
