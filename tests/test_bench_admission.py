@@ -3,9 +3,11 @@ hand (python -m bench.admission), never from a test."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from bench.admission import main, table_rows
+from bench.admission import main, prepare, reviews, start_verifier, table_rows, wrk_max_rate
 
 
 @pytest.mark.parametrize("generator", ["auto", "python"])
@@ -26,3 +28,15 @@ def test_admission_rows_for_the_benchmark_table() -> None:
     assert rows[0][0] == "admission (3 nodes, 0.5 s): fixed 1000/s p50 / p99 / p99.9"
     assert rows[0][1].endswith(" ms")
     assert rows[1][1].endswith(" req/s")
+
+
+def test_wrk_counts_every_answer_that_is_not_an_admission(tmp_path: Path) -> None:
+    database, _ = prepare(tmp_path, 1)
+    verifier = start_verifier(tmp_path, database)
+    try:
+        refused = reviews(["not-enrolled"], verifier.port, 3)  # answered 200, allowed: false
+        phase = wrk_max_rate(tmp_path, verifier.port, refused, 0.5, 1)
+    finally:
+        verifier.stop()
+    assert phase.requests > 0
+    assert phase.errors == [f"wrk: {phase.requests} answers were not a 200 allowing the pod"]
