@@ -171,7 +171,7 @@ def test_the_gate_needs_a_limit_and_a_queue(limit: int, queue: int) -> None:
 
 def test_the_options_have_sane_defaults_and_zero_turns_them_off() -> None:
     defaults = load_settings({}, {})
-    assert (defaults.max_agent_concurrency, defaults.agent_queue) == (8, 32)
+    assert (defaults.max_agent_concurrency, defaults.agent_queue) == (4, 32)
     # A node attests every ~60 s with two requests: the default leaves room for retries.
     assert defaults.node_rate * 60 >= 6
     assert defaults.node_burst >= 4

@@ -82,7 +82,7 @@ class Settings:
     node_taint_noexecute: bool = False
     lease_name: str = "attest-verifier"
     # Overload (docs/verifier.md "Overload"); 0 turns each off.
-    max_agent_concurrency: int = 8
+    max_agent_concurrency: int = 4
     agent_queue: int = 32
     node_rate: float = 0.2
     node_burst: int = 10
