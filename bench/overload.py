@@ -367,6 +367,10 @@ class Result:
     overload: AgentLoad
     offered: float  # rounds/s in the overload phase
     cpu_per_request_ms: float  # verifier CPU per answered agent request, sustainable phase
+    # CPU used in the sustainable and the overload phase, in cores: the verifier's, and the agent
+    # load generator's (this process), which shares the machine with it.
+    verifier_cores: tuple[float, float]
+    generator_cores: tuple[float, float]
     idle: Latencies
     loaded: Latencies
 
@@ -385,15 +389,18 @@ def run(seconds: float, admission_rate: float, nodes: int) -> Result:
 
             idle = finish_admission(start_admission(verifier, names, admission_rate, seconds))
 
-            cpu = admission.cpu_seconds(verifier.process.pid)
+            pid = verifier.process.pid
+            cpu, own = admission.cpu_seconds(pid), time.process_time()
             sustainable = asyncio.run(
                 closed_loop(port, context, agents, settings.max_agent_concurrency, seconds)
             )
-            cpu = admission.cpu_seconds(verifier.process.pid) - cpu
+            cpu, own = admission.cpu_seconds(pid) - cpu, time.process_time() - own
             rate = sustainable.rounds / sustainable.seconds
 
             client = start_admission(verifier, names, admission_rate, seconds)
+            cpu2, own2 = admission.cpu_seconds(pid), time.process_time()
             overload = asyncio.run(open_loop(port, context, agents, 2 * rate, seconds))
+            cpu2, own2 = admission.cpu_seconds(pid) - cpu2, time.process_time() - own2
             loaded = finish_admission(client)
         finally:
             verifier.stop()
@@ -404,6 +411,8 @@ def run(seconds: float, admission_rate: float, nodes: int) -> Result:
         overload,
         2 * rate,
         cpu / max(1, sustainable.ok) * 1000,
+        (cpu / sustainable.seconds, cpu2 / overload.seconds),
+        (own / sustainable.seconds, own2 / overload.seconds),
         idle,
         loaded,
     )
@@ -458,6 +467,11 @@ def report(r: Result, admission_rate: float) -> list[str]:
     lines.append(f"shed by status: {dict(r.overload.statuses)}")
     lines.append(
         f"verifier CPU per answered agent request (sustainable phase): {r.cpu_per_request_ms:.2f} ms"
+    )
+    lines.append(
+        "cores used, sustainable / overload phase: verifier "
+        f"{r.verifier_cores[0]:.2f} / {r.verifier_cores[1]:.2f}, agent load generator "
+        f"{r.generator_cores[0]:.2f} / {r.generator_cores[1]:.2f}"
     )
     heading = f"admission at {admission_rate:g}/s"
     lines.append(f"{heading:<34}{'answered':>9}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>9}{'failed':>8}")
