@@ -66,16 +66,16 @@ def policy_of(store: Store) -> Policy | None:
 
 
 @pytest.fixture
-def url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'view.db'}"
-    store = SqlStore.open(url)
+def url(store_url: str) -> str:
+    """A database (SQLite and PostgreSQL, tests/pg.py) with three nodes and the image policy."""
+    store = SqlStore.open(store_url)
     try:
         store.put_policy("default", POLICY)
         for name, state in (("node2", "trusted"), ("node3", "trusted"), ("bad", "untrusted")):
             seed_node(store, name, state, NOW)
     finally:
         store.close()
-    return url
+    return store_url
 
 
 @pytest.fixture
@@ -161,6 +161,9 @@ def test_own_writes_are_in_the_view_before_they_return(store: SqlStore, clock: C
     )
     watched.record_verdict(untrusted, None, None)
     assert judge(view, "node3") == Reason.ADMISSION_NODE_UNTRUSTED
+    assert judge(view, "fresh") == Reason.ADMISSION_NODE_UNATTESTED
+    seed_node(watched, "fresh", "trusted", NOW)  # enrolled, then a trusted verdict
+    assert judge(view, "fresh") is None
     watched.put_policy("default", POLICY.replace("registry.example.com/*", "other.example.com/*"))
     assert judge(view, "") == Reason.ADMISSION_IMAGE_NOT_ALLOWED  # a pod not placed yet
 
