@@ -3,9 +3,10 @@
 `attest-verifier serve` runs as its own process on SQLite, with its default overload settings
 (--max-agent-concurrency, --agent-queue; per-node rate limits off, as the load generator's nodes
 attest far more often than real ones), holding attested nodes for admission (bench.admission's
-`prepare`) and nodes enrolled with software AKs (swtpm.softtpm) for agent traffic. An agent
+`prepare`) and nodes enrolled with software AKs for agent traffic (bench.softload). An agent
 round is a challenge and the evidence answering it: a quote signed by the node's AK over its
-nonce and PCRs, as bench.appraisal builds them, appraised and stored by the verifier.
+nonce and the PCRs of a simulated good boot, with that boot's event log (bench.softload's
+nodes), appraised and stored by the verifier.
 
 Phases, each `--seconds` long:
 - idle: admission reviews alone at `--admission-rate`, sent by a second process pinned to one
@@ -29,8 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import datetime as dt
-import hashlib
 import json
 import os
 import ssl
@@ -45,14 +44,9 @@ from typing import Any, Final
 import httpx
 
 from attest import pki
-from attest.pcrselect import PcrSelection
-from attest.store.api import Enrollment
-from attest.verify.pcrs import PcrValues
-from attest.verify.quote import ak_name
-from attest.verify.tpmstructs import ClockInfo
-from attest.wire import Challenge, Evidence
-from bench import admission
-from swtpm.softtpm import SoftAk, quote_attest
+from attest.wire import Challenge
+from bench import admission, softload
+from bench.softload import _SoftNode as SoftNode
 from tests.verifier_process import free_port
 from webhook.config import Settings
 
@@ -65,50 +59,18 @@ MAX_CONNECTIONS: Final = 512  # the open-loop generator's ceiling, far past any 
 IDLE_CLOSE: Final = 4.0
 
 
-@dataclasses.dataclass
-class SoftNode:
-    name: str
-    ak: SoftAk
-    count: int = 0  # the TPM clock: it only goes forward
-
-    def evidence(self, challenge: Challenge) -> bytes:
-        selection = PcrSelection.parse(challenge.selection)
-        values = PcrValues({bank: dict.fromkeys(pcrs, bytes(32)) for bank, pcrs in selection.banks})
-        self.count += 1
-        attest = quote_attest(challenge.nonce, selection, values, ClockInfo(self.count, 1, 0, True)).marshal()
-        body = Evidence(
-            nonce=challenge.nonce,
-            quote=attest,
-            signature=self.ak.sign(attest).marshal(),
-            pcrs={bank: {p: v.hex() for p, v in pcrs.items()} for bank, pcrs in values.items()},
-        )
-        return body.model_dump_json().encode()
-
-
 def enroll_soft_nodes(database: Path, count: int) -> list[SoftNode]:
-    """`count` nodes enrolled through the Store API with software AKs of their own."""
+    """`count` nodes enrolled through the Store API with software AKs (bench.softload)."""
     from attest.store.sql import SqlStore
 
-    nodes = [SoftNode(f"agent-{i:05d}", SoftAk()) for i in range(count)]
-    now = dt.datetime.now(dt.UTC)
+    seed = softload.new_seed()
+    names = [f"agent-{i:05d}" for i in range(count)]
     store = SqlStore.open(f"sqlite:///{database}")
     try:
-        for node in nodes:
-            secret = hashlib.sha256(b"bench secret " + node.name.encode()).digest()
-            enrollment = Enrollment(
-                id=f"bench-{node.name}",
-                node=node.name,
-                ek_fingerprint=hashlib.sha256(b"bench ek " + node.name.encode()).hexdigest(),
-                ak_public=node.ak.public.marshal_tpm2b(),
-                ak_name=ak_name(node.ak.public),
-                secret_hash=hashlib.sha256(secret).digest(),
-                expires_at=now + dt.timedelta(hours=1),
-            )
-            store.create_enrollment(enrollment)
-            store.complete_enrollment(enrollment.id, secret, now)
+        softload.enroll(store, seed, names)
     finally:
         store.close()
-    return nodes
+    return [SoftNode(seed, name) for name in names]
 
 
 # --- the verifier ----------------------------------------------------------------------------
@@ -218,8 +180,9 @@ async def _round(connection: AgentConnection, node: SoftNode, load: AgentLoad) -
         load.statuses[str(status)] += 1
         if status != 200:
             return not connection.writer.is_closing()
+        challenge = Challenge.model_validate_json(body)
         status, body = await connection.post(
-            f"/v1/nodes/{node.name}/evidence", node.evidence(Challenge.model_validate_json(body))
+            f"/v1/nodes/{node.name}/evidence", node.evidence(challenge.nonce, challenge.selection)
         )
         load.statuses[str(status)] += 1
         if status == 200:
