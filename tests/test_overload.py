@@ -14,6 +14,8 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from attest.errors import UsageError
+from tests.webhook_api import Api
+from tests.webhook_support import SoftNode, TestCa, policy_text
 from webhook.config import load_settings
 from webhook.middleware import AgentLimits
 from webhook.ratelimit import ConcurrencyGate, RateLimiter, retry_after
@@ -298,3 +300,17 @@ def test_a_noisy_node_gets_429_with_the_wait_while_another_node_and_address_are_
         assert (await call(app, "/v1/nodes/noisy/challenge"))[0] == 200
 
     asyncio.run(scenario())
+
+
+def test_with_both_limits_off_agent_requests_are_served_on_the_shared_threads(ca: TestCa) -> None:
+    api = Api(ca, max_agent_concurrency=0, node_rate=0)
+    with api.client:
+        node = SoftNode("worker-1", ca)
+        api.store.put_policy("default", policy_text(node.boot))
+        api.enroll(node)
+        for _ in range(30):
+            assert api.client.post(f"/v1/nodes/{node.name}/challenge").status_code == 200
+        r = api.client.post(f"/v1/nodes/{node.name}/evidence", content=api.evidence_body(node))
+        assert r.status_code == 200, r.text
+        assert r.json()["trusted"] is True
+        assert "attest_agent_requests{" not in api.client.get("/metrics").text  # no gate to show
