@@ -52,7 +52,6 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 
 from attest import pki
-from bench import softload
 from bench.__main__ import Row, cpu_model
 
 if TYPE_CHECKING:
@@ -405,6 +404,7 @@ def _soft(
 ) -> list[_Client]:
     """Soft nodes enrolled through the store; one load generator per verifier, pinned to `cpus`."""
     from attest.store.sql import SqlStore
+    from bench import softload
 
     seed = softload.new_seed()
     names = [f"soft-{i:05d}" for i in range(setup.soft_nodes)]
@@ -453,6 +453,9 @@ def run_phase(
                     phase_dir, f"verifier{n}", database, ek_ca, tls, cpus=pinned, options=BENCH_OPTIONS
                 )
             )
+        # Imported here: the agent workers import this module, and their RSS is the agent's figure.
+        from bench import softload
+
         policy = softload.good_policy() if load == "soft" else setup.policy
         with _client(tls, token=True) as c:
             resp = c.post(f"{started[0].url}/v1/admin/policies", json={"text": policy})
