@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -448,6 +448,65 @@ def wrk_max_rate(
     return phase
 
 
+def in_process(nodes: int, count: int, cache_seconds: float) -> float:
+    """CPU seconds per review of the verifier's ASGI application called directly, on uvloop as
+    `serve` runs it: no TLS, no HTTP parsing, no other process on the measured path. The figure
+    to compare changes to the application with on a busy machine."""
+    import uvloop
+
+    from attest.store.sql import SqlStore
+    from webhook.app import create_app
+    from webhook.config import Settings
+
+    with tempfile.TemporaryDirectory(prefix="attest-bench-") as tmp:
+        database, names = prepare(Path(tmp), nodes)
+        store = SqlStore.open(f"sqlite:///{database}")
+        try:
+            app = create_app(Settings(admission_cache_seconds=cache_seconds), store)
+            bodies = [r.request.split(b"\r\n\r\n", 1)[1] for r in reviews(names, 0, min(count, 1000))]
+            headers = [(k.encode(), v.encode()) for k, v in APISERVER_HEADERS.items()]
+
+            async def post(body: bytes) -> None:
+                scope = {
+                    "type": "http",
+                    "asgi": {"version": "3.0"},
+                    "http_version": "1.1",
+                    "method": "POST",
+                    "scheme": "https",
+                    "path": ADMISSION_PODS,
+                    "raw_path": ADMISSION_PODS.encode(),
+                    "query_string": b"timeout=5s",
+                    "headers": [*headers, (b"content-length", str(len(body)).encode())],
+                    "client": ("127.0.0.1", 1),
+                    "server": ("127.0.0.1", 2),
+                    "root_path": "",
+                }
+                sent: list[dict[str, Any]] = []
+
+                async def receive() -> dict[str, Any]:
+                    return {"type": "http.request", "body": body, "more_body": False}
+
+                async def send(message: MutableMapping[str, Any]) -> None:
+                    sent.append(dict(message))
+
+                await app(scope, receive, send)
+                if sent[0]["status"] != 200 or b'"allowed":true' not in sent[1]["body"]:
+                    raise SystemExit(f"the application did not admit the pod: {sent}")
+
+            async def measure() -> float:
+                async with app.router.lifespan_context(app):
+                    for body in bodies[:200]:  # warm up
+                        await post(body)
+                    started = time.process_time()
+                    for i in range(count):
+                        await post(bodies[i % len(bodies)])
+                    return (time.process_time() - started) / count
+
+            return uvloop.run(measure())
+        finally:
+            store.close()
+
+
 def _server_side(port: int, context: ssl.SSLContext) -> str:
     """Mean decision time inside the verifier, from its own histogram."""
     with httpx.Client(verify=context, trust_env=False) as client:
@@ -598,7 +657,22 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="what drives the maximum-rate phase; auto: wrk when installed (default %(default)s)",
     )
+    p.add_argument(
+        "--in-process",
+        type=int,
+        metavar="REVIEWS",
+        help="instead: CPU per review of the application called directly, REVIEWS times, from the "
+        "node view and reading through",
+    )
     args = p.parse_args(argv)
+    if args.in_process:
+        for cache, what in (
+            (1.0, "from the node view"),
+            (0.0, "reading through (--admission-cache-seconds 0)"),
+        ):
+            cpu = in_process(args.nodes, args.in_process, cache)
+            print(f"in process, no TLS or HTTP: {cpu * 1e6:.0f} us CPU per review {what}")
+        return 0
     if args.generator == "wrk" and not shutil.which("wrk"):
         p.error("wrk is not installed (apt-get install wrk, or scripts/setup.sh)")
     result = run(

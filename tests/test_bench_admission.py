@@ -40,3 +40,12 @@ def test_wrk_counts_every_answer_that_is_not_an_admission(tmp_path: Path) -> Non
         verifier.stop()
     assert phase.requests > 0
     assert phase.errors == [f"wrk: {phase.requests} answers were not a 200 allowing the pod"]
+
+
+def test_the_application_alone_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--nodes", "2", "--in-process", "20"]) == 0  # SystemExit if a review was not admitted
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(" us CPU per review ")[1] for line in out] == [
+        "from the node view",
+        "reading through (--admission-cache-seconds 0)",
+    ]
