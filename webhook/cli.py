@@ -155,11 +155,12 @@ def serve(settings: Settings) -> int:
         server = uvicorn.Server(config)
         _freeze_heap()
         log.info(
-            "serving https://%s:%d (database %s, Kubernetes controllers %s)",
+            "serving https://%s:%d (database %s, Kubernetes controllers %s, TLS certificate %s)",
             host,
             port,
             settings.database.split("://")[0],
             "on" if kube else "off",
+            tls.describe(),
         )
         # uvicorn turns SIGTERM and SIGINT into a graceful shutdown (in-flight requests finish),
         # then raises the signal again for the handler it found. That handler is this no-op, so

@@ -56,7 +56,10 @@ class ServerTls:
             raise UsageError(f"--tls-cert/--tls-key: not a usable certificate and key ({e})") from None
         self.context = self._current
         self.context.sni_callback = self._on_client_hello
-        log.info("TLS certificate %s: %s", cert, _describe(cert))
+
+    def describe(self) -> str:
+        """The certificate's serial and expiry, for the log."""
+        return _describe(self._cert)
 
     def _state(self) -> tuple[_FileState, _FileState]:
         return _file_state(self._cert), _file_state(self._key)
@@ -82,7 +85,7 @@ class ServerTls:
             )
             return
         self._current = fresh
-        log.info("TLS certificate %s renewed: %s", self._cert, _describe(self._cert))
+        log.info("TLS certificate %s renewed: %s", self._cert, self.describe())
 
     def _on_client_hello(self, conn: ssl.SSLObject, _server_name: str | None, _ctx: ssl.SSLContext) -> None:
         self.reload_if_changed()
