@@ -230,7 +230,9 @@ def test_a_flood_of_agent_clients_gets_answers_or_503s_never_500_while_admission
 
     assert len(statuses) == 16 * 12
     assert set(statuses) <= {200, 503}
+    # 16 clients against 2 slots and a queue that takes one challenge: most are shed.
     assert statuses.count(200) >= 1
+    assert statuses.count(503) >= 1
     with server.client() as client:
         assert client.get("/healthz").status_code == 200
         assert metric(client, "attest_requests_rejected_total", 'reason="overloaded"') == statuses.count(503)
