@@ -43,12 +43,11 @@ from attest.store.api import (
     VerdictRecord,
 )
 from attest.verify.policy import Policy
+from webhook.admission import NodeLookup, PolicyLookup
 
 log = logging.getLogger(__name__)
 
 Monotonic = Callable[[], float]
-NodeLookup = Callable[[str], NodeRecord | None]
-PolicyLookup = Callable[[], Policy | None]
 
 # Audit records read per query while catching up.
 _PAGE: Final = 1000
