@@ -154,3 +154,22 @@ def test_efi_certificate_with_a_bit_string_in_its_subject() -> None:
     with pytest.raises(ParseError) as e:
         imasig.KeyRing.load([CERT_CN_BIT_STRING])
     assert e.value.code is Reason.POLICY_INVALID
+
+
+# The same CSR with its version INTEGER edited from 0 to 5.
+CSR_VERSION_5 = b"""-----BEGIN CERTIFICATE REQUEST-----
+MIHvMIGVAgEFMDMxFTATBgNVBAoMDHN5c3RlbTpub2RlczEaMBgGA1UEAwwRc3lz
+dGVtOm5vZGU6bm9kZTMwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAASMPC0xYSKa
+JMvJWZojyN6IG5ziPMxkMgSoFimTI5Q3eUBP/MeGLyHQh4uu3M6knJondA3ovVDL
+DSoN2AvPMfDToAAwCgYIKoZIzj0EAwIDSQAwRgIhANlfpOZuuFKCPTMk9OU3JW1H
+j80uWHaiAYYngalGQ8uwAiEA9ZAxwtW9KEzF7avHfmWlke9X8AP2zEhjaDT1MbuL
+lsA=
+-----END CERTIFICATE REQUEST-----
+"""
+
+
+def test_kubelet_csr_of_an_unknown_version() -> None:
+    """Fuzzer (admission harness, 306k executions after the fixes above): load_pem_x509_csr
+    itself raises InvalidVersion, which the ValueError handler around it let through."""
+    with pytest.raises(MalformedKubeletCsr, match="not a PEM certificate request"):
+        parse_kubelet_csr(CLIENT_SIGNER, CSR_VERSION_5, ["digital signature", "client auth"])

@@ -92,7 +92,7 @@ def parse_kubelet_csr(signer: str, request: bytes, usages: Sequence[str]) -> Kub
         raise MalformedKubeletCsr(f"{signer!r} is not a kubelet signer", "spec.signerName")
     try:
         csr = x509.load_pem_x509_csr(request)
-    except ValueError:
+    except UNDECODABLE:
         raise MalformedKubeletCsr("spec.request is not a PEM certificate request") from None
     try:
         # load_pem_x509_csr leaves the key and the subject undecoded (fuzz findings: a point off
