@@ -3,9 +3,9 @@ back, with a real swtpm node attesting over TLS:
 
     sqlite-locked      another process holds SQLite's write lock (BEGIN EXCLUSIVE), as a hung
                        writer or an operator's open `sqlite3` transaction would
-    sqlite-unwritable  the database and its WAL become immutable (chattr +i): every write fails
-                       with EPERM, as on a file system that went read-only under the process
-                       (tests run as root, so a mode change would not stop a write)
+    sqlite-unwritable  every write the verifier makes to a file fails (its RLIMIT_FSIZE lowered
+                       to one byte while it runs: EFBIG, as ENOSPC on a full disk; tests run as
+                       root, so a mode change would not stop a write)
     postgresql-stopped the PostgreSQL server stops (a failover, a restart): every connection dies
 
 While the fault lasts /readyz answers 503 and attestation 503 with Retry-After; admission
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -104,13 +105,6 @@ class Holder:
         self.proc.wait(timeout=10)
 
 
-def _chattr(flag: str, paths: list[Path]) -> None:
-    done = subprocess.run(["chattr", flag, *map(str, paths)], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, (
-        f"chattr {flag} failed (needs root and a file system with flags): {done.stderr}"
-    )
-
-
 @contextlib.contextmanager
 def fault(kind: str, server: Server, request: pytest.FixtureRequest) -> Iterator[None]:
     """The database unusable inside the block, and back (without touching the verifier) after."""
@@ -121,13 +115,17 @@ def fault(kind: str, server: Server, request: pytest.FixtureRequest) -> Iterator
         finally:
             holder.release()
     elif kind == "sqlite-unwritable":
-        # Not the -shm file: the verifier has it mapped, and a write fault there is SIGBUS.
-        files = [server.database, server.database.with_name(server.database.name + "-wal")]
-        _chattr("+i", files)
+        # The verifier's file size limit lowered to one byte while it runs: every write to a
+        # file fails (EFBIG), as on a full disk. Unlike a mode change (tests run as root), a
+        # read-only remount (refused while files are open for writing) or chattr +i (a
+        # capability and a file system containers often lack), this needs nothing but being
+        # the process's parent; Python ignores SIGXFSZ, so the process lives on.
+        pid = server.process.pid
+        before = resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, resource.RLIM_INFINITY))
         try:
             yield
         finally:
-            _chattr("-i", files)
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, before)
     else:
         pg: PgServer = request.getfixturevalue("pg_server")
         pg.stop()
