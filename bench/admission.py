@@ -520,7 +520,7 @@ def _server_side(port: int, context: ssl.SSLContext) -> str:
     if not values.get("count"):
         return "verifier-side decision time: no samples"
     return (
-        f"verifier-side decision time (store read + decision, attest_admission_seconds): "
+        f"verifier-side decision time (lookups + decision, attest_admission_seconds): "
         f"mean {values['sum'] / values['count'] * 1000:.3f} ms over {values['count']:.0f} requests"
     )
 
