@@ -18,6 +18,7 @@ SIGKILLed at random moments and started again on the same database several times
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import random
 import ssl
@@ -31,9 +32,11 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from attest.store.audit import verify_chain
+from attest.store.schema import nonces
 from attest.verify.credential import Credential
 from attest.verify.quote import ak_name
 from attest.wire import Challenge, EnrollChallenge, VerdictOut
@@ -228,3 +231,18 @@ def test_kill_9_under_load_loses_nothing_acknowledged_and_accepts_no_nonce_twice
             assert r.json()["code"] == "nonce_reused", r.text
     assert verifier.audit() == audit  # the refusals changed nothing
     assert "Traceback" not in verifier.log.read_text()
+
+    # In the store: a nonce is consumed in the transaction that records its verdict, so each
+    # node has exactly as many verdicts in the audit trail as consumed nonces (none has expired
+    # and been purged yet): a nonce that had counted twice would show as one verdict too many.
+    assert verifier.database is not None
+    engine = sa.create_engine(verifier.database)
+    try:
+        with engine.connect() as conn:
+            n = nonces.c
+            query = sa.select(n.node, sa.func.count()).where(n.consumed_at.is_not(None)).group_by(n.node)
+            consumed = {node: int(count) for node, count in conn.execute(query).all()}
+    finally:
+        engine.dispose()
+    recorded = collections.Counter(r.subject for r in verdicts)
+    assert consumed == dict(recorded), (consumed, recorded)
