@@ -36,6 +36,7 @@ import math
 import os
 import platform
 import random
+import resource
 import shutil
 import signal
 import socket
@@ -301,6 +302,7 @@ class Phase:
     p99_due: float = math.nan  # fixed rate: from when each request was due
     errors: list[str] = dataclasses.field(default_factory=list)
     verifier_cpu: float = math.nan  # the verifier's CPU seconds during the phase
+    generator_cpu: float = math.nan  # the load generator's: this process and wrk
 
     @classmethod
     def measured(cls, name: str, seconds: float, latencies: list[float], from_due: list[float]) -> Phase:
@@ -328,6 +330,24 @@ class Phase:
 
 def _percentile(ordered: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)] if ordered else math.nan
+
+
+def _cpu_meter(pid: int) -> Callable[[Phase], Phase]:
+    """Records into a phase the CPU the verifier (`pid`) and the load generator (this process,
+    and wrk once it is reaped) used since the meter was made."""
+
+    def generator() -> float:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+    verifier_before, generator_before = cpu_seconds(pid), generator()
+
+    def record(phase: Phase) -> Phase:
+        phase.verifier_cpu = cpu_seconds(pid) - verifier_before
+        phase.generator_cpu = generator() - generator_before
+        return phase
+
+    return record
 
 
 def cpu_seconds(pid: int) -> float:
@@ -557,10 +577,14 @@ class Run:
             f"{'max ms':>10}{'p99 due':>10}{'errors':>8}",
         ]
         lines += [phase.row() for phase in self.phases]
-        lines.append(
-            "verifier CPU per request (utime + stime, /proc): "
-            + ", ".join(f"{p.name} {p.verifier_cpu / max(p.requests, 1) * 1000:.3f} ms" for p in self.phases)
-        )
+        for who, used in (
+            ("verifier CPU per request (utime + stime, /proc)", [p.verifier_cpu for p in self.phases]),
+            ("load generator CPU per request (this process and wrk)", [p.generator_cpu for p in self.phases]),
+        ):
+            each = zip(self.phases, used, strict=True)
+            lines.append(
+                f"{who}: " + ", ".join(f"{p.name} {u / max(p.requests, 1) * 1000:.3f} ms" for p, u in each)
+            )
         lines.append(self.server)
         for phase in self.phases:
             lines += [f"error ({phase.name}): {e}" for e in phase.errors[:3]]
@@ -594,20 +618,17 @@ def run(nodes: int, rate: float, seconds: float, connections: int, *, warmup: fl
             async def python_phases() -> list[Phase]:
                 if warmup:
                     await max_rate(target, pool, warmup)
-                before = cpu_seconds(pid)
-                phases = [await fixed_rate(target, pool, rate, seconds)]
-                phases[0].verifier_cpu = cpu_seconds(pid) - before
+                meter = _cpu_meter(pid)
+                phases = [meter(await fixed_rate(target, pool, rate, seconds))]
                 if generator == "python":
-                    before = cpu_seconds(pid)
-                    phases.append(await max_rate(target, pool, seconds))
-                    phases[1].verifier_cpu = cpu_seconds(pid) - before
+                    meter = _cpu_meter(pid)
+                    phases.append(meter(await max_rate(target, pool, seconds)))
                 return phases
 
             phases = asyncio.run(python_phases())
             if generator == "wrk":
-                before = cpu_seconds(pid)
-                phases.append(wrk_max_rate(directory, verifier.port, pool, seconds, connections))
-                phases[1].verifier_cpu = cpu_seconds(pid) - before
+                meter = _cpu_meter(pid)
+                phases.append(meter(wrk_max_rate(directory, verifier.port, pool, seconds, connections)))
             server = _server_side(verifier.port, context)
         finally:
             os.sched_setaffinity(0, previous)
