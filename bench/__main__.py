@@ -1,18 +1,20 @@
-"""Run every benchmark present and print one table: measurement, figure, target, and the machine.
+"""Run every benchmark and print one table: measurement, figure, target, and the machine.
 
-The appraisal figures are taken pinned to one core, as their targets are stated; the admission
-benchmark (when bench/admission.py is present) runs for a short time with few nodes, on every
-core, its verifier as its own process. For full-length figures run each module by hand.
+By default each benchmark runs at the size its target is stated for (admission phases of 60 s,
+100,000 nodes in the store): about ten minutes. --quick runs every one smaller, in about three;
+--only picks sections. Each module also runs alone with more options (python -m bench.<name>
+--help); docs/performance.md explains the figures.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.util
-import io
+import importlib
 import os
 import platform
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 Row = tuple[str, str, str]  # measurement, figure, target
@@ -41,30 +43,57 @@ def appraisal_rows(rounds: int, ima_entries: int) -> list[Row]:
     return [(f"appraisal: {label}", f"{rate:,.0f}/s", target) for label, rate, target in results]
 
 
-def admission_rows(nodes: int, seconds: float, rate: float) -> list[Row]:
-    from bench import admission  # optional: only when the module is present
+@dataclass(frozen=True)
+class Sizes:
+    rounds: int = 2000
+    ima_entries: int = 10_000
+    admission_seconds: float = 60.0
+    admission_nodes: int = 1000
+    e2e_agents: int = 16
+    e2e_seconds: float = 20.0
+    store_sizes: tuple[int, ...] = (1000, 100_000)
+    size_seconds: float = 10.0
+    overload_seconds: float = 20.0
 
-    argv = ["--nodes", str(nodes), "--rate", str(rate), "--seconds", str(seconds)]
-    argv += ["--connections", "4", "--warmup", "0"]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        status = admission.main(argv)
-    rows: list[Row] = []
-    lines = out.getvalue().splitlines()
-    header = next((n for n, line in enumerate(lines) if line.startswith("phase")), None)
-    for line in lines[header + 1 :] if header is not None else []:
-        cells = line[24:].split()
-        if len(cells) != 8:
-            break
-        name = line[:24].strip()
-        _done, req_s, _p50, p99, *_rest, errors = cells
-        rows.append((f"admission ({nodes} nodes, {seconds:g} s): {name}", f"{float(req_s):,.1f} req/s", ""))
-        rows.append((f"admission ({nodes} nodes, {seconds:g} s): {name} p99", f"{float(p99):.2f} ms", ""))
-        if errors != "0":
-            rows.append((f"admission: {name} errors", errors, "0"))
-    if status or not rows:
-        rows.append(("admission", "FAILED", "runs clean"))
+
+QUICK = Sizes(
+    admission_seconds=5.0,
+    admission_nodes=100,
+    e2e_agents=4,
+    e2e_seconds=8.0,
+    store_sizes=(1000, 25_000),
+    size_seconds=4.0,
+    overload_seconds=5.0,
+)
+
+
+def _call(module: str, function: str, *args: object, **kwargs: object) -> list[Row]:
+    rows: list[Row] = getattr(importlib.import_module(module), function)(*args, **kwargs)
     return rows
+
+
+SECTIONS: dict[str, Callable[[Sizes], list[Row]]] = {
+    "appraisal": lambda s: appraisal_rows(s.rounds, s.ima_entries),
+    "admission": lambda s: _call("bench.admission", "table_rows", s.admission_seconds, s.admission_nodes),
+    "e2e": lambda s: _call("bench.e2e", "table_rows", agents=s.e2e_agents, seconds=s.e2e_seconds),
+    "size": lambda s: _call(
+        "bench.size",
+        "table_rows",
+        sizes=s.store_sizes,
+        seconds=s.size_seconds,
+        listing=s.store_sizes[-1] >= 100_000,
+    ),
+    "overload": lambda s: _call("bench.overload", "table_rows", seconds=s.overload_seconds),
+    "agent-memory": lambda s: _call("bench.agent_memory", "table_rows"),
+}
+
+
+def run_section(name: str, sizes: Sizes) -> list[Row]:
+    print(f"running {name} ...", file=sys.stderr, flush=True)
+    try:
+        return SECTIONS[name](sizes)
+    except Exception as e:  # one failing benchmark must not hide the others' figures
+        return [(name, "FAILED", f"{type(e).__name__}: {e}")]
 
 
 def table(rows: list[Row]) -> str:
@@ -78,17 +107,37 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _sections(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(SECTIONS)} (got {text!r})")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=2000, help="appraisals per case (default %(default)s)")
-    p.add_argument("--ima-entries", type=int, default=10_000, help="IMA list length (default %(default)s)")
-    p.add_argument("--admission-nodes", type=int, default=100, help="attested nodes (default %(default)s)")
-    p.add_argument("--admission-seconds", type=float, default=3, help="per phase (default %(default)s)")
-    p.add_argument("--admission-rate", type=float, default=100, help="fixed-rate req/s (default %(default)s)")
+    p.add_argument("--quick", action="store_true", help="every benchmark smaller (about three minutes)")
+    p.add_argument(
+        "--only",
+        type=_sections,
+        default=list(SECTIONS),
+        help=f"comma-separated sections: {', '.join(SECTIONS)}",
+    )
+    p.add_argument("--rounds", type=int, help="appraisals per case (default 2000)")
+    p.add_argument("--ima-entries", type=int, help="IMA list length (default 10000)")
+    p.add_argument("--admission-nodes", type=int, help="attested nodes for admission (1000; quick 100)")
+    p.add_argument("--admission-seconds", type=float, help="per admission phase (60; quick 5)")
     args = p.parse_args(argv)
-    rows = appraisal_rows(args.rounds, args.ima_entries)
-    if importlib.util.find_spec("bench.admission") is not None:
-        rows += admission_rows(args.admission_nodes, args.admission_seconds, args.admission_rate)
+    sizes = QUICK if args.quick else Sizes()
+    overrides = {
+        "rounds": args.rounds,
+        "ima_entries": args.ima_entries,
+        "admission_nodes": args.admission_nodes,
+        "admission_seconds": args.admission_seconds,
+    }
+    sizes = replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
+    rows = [row for name in args.only for row in run_section(name, sizes)]
     print(table(rows))
     return 1 if any(figure == "FAILED" for _, figure, _ in rows) else 0
 

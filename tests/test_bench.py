@@ -17,11 +17,35 @@ def test_appraisal_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_all_benchmarks_print_one_table(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--rounds", "3", "--ima-entries", "50", "--admission-nodes", "3"]
-    assert bench_all.main([*argv, "--admission-seconds", "0.5", "--admission-rate", "20"]) == 0
+    argv = ["--only", "appraisal,admission", "--rounds", "3", "--ima-entries", "50"]
+    assert bench_all.main([*argv, "--admission-nodes", "3", "--admission-seconds", "0.5"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("machine: ")
     assert " cores, Python " in out[0]
     assert out[1].split() == ["measurement", "figure", "target"]
     assert any("appraisal: steady state" in line and ">= 5,000/s" in line for line in out)
-    assert any("admission (3 nodes, 0.5 s): fixed 20/s" in line and "req/s" in line for line in out)
+    assert any(
+        "admission (3 nodes, 0.5 s): maximum sustained rate" in line and "req/s" in line for line in out
+    )
+
+
+def test_a_failing_benchmark_is_a_row_and_a_non_zero_exit(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(_sizes: object) -> list[tuple[str, str, str]]:
+        raise OSError("no such file: swtpm")
+
+    monkeypatch.setitem(bench_all.SECTIONS, "e2e", broken)
+    argv = ["--only", "appraisal,e2e", "--rounds", "3", "--ima-entries", "50"]
+    assert bench_all.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out
+    assert "OSError: no such file: swtpm" in out
+    assert "appraisal: quote only" in out
+
+
+def test_unknown_section_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        bench_all.main(["--only", "appraisal,wrk"])
+    assert e.value.code == 2
+    assert "choose from appraisal, admission" in capsys.readouterr().err
