@@ -109,7 +109,9 @@ def run_agent(rounds: int, interval: float) -> tuple[int, int, int]:
             ]:
                 argv += [option, str(spec[key])]
             env = {k: v for k, v in os.environ.items() if not k.startswith("ATTEST_AGENT_")}
-            agent = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+            agent = subprocess.Popen(
+                argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
+            )
             stack.callback(_stop, agent)
             return (*_watch(agent, rounds), rounds)
     finally:
@@ -174,7 +176,9 @@ def table_rows(rounds: int = 10, interval: float = 0.2) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.agent_memory", description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=20, help="trusted rounds before reading (default %(default)s)")
+    p.add_argument(
+        "--rounds", type=int, default=20, help="trusted rounds before reading (default %(default)s)"
+    )
     p.add_argument(
         "--interval", type=float, default=0.2, help="the agent's --interval, seconds (default %(default)s)"
     )
