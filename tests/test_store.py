@@ -313,6 +313,30 @@ def test_nodes_list_and_revoke(store: SqlStore) -> None:
         store.revoke_node("node-z", "x")
 
 
+def test_nodes_paged_by_name(store: SqlStore) -> None:
+    """Keyset pages: every node exactly once and in order, even when nodes enroll between pages
+    (one before the cursor is not seen, one after it is)."""
+    for i in range(7):
+        enroll(store, f"node-{i}", f"{i:x}" * 64, ak=bytes([i]))
+    pages = [store.list_nodes(limit=3)]
+    enroll(store, "node-00", "e" * 64, ak=b"early")  # sorts before the cursor: already passed
+    enroll(store, "node-9", "f" * 64, ak=b"late")  # sorts after it: the walk must reach it
+    while pages[-1]:
+        pages.append(store.list_nodes(after=pages[-1][-1].name, limit=3))
+    names = [n.name for page in pages for n in page]
+    assert names == [*(f"node-{i}" for i in range(7)), "node-9"]
+    assert [len(p) for p in pages] == [3, 3, 2, 0]
+    assert store.list_nodes(after="node-9") == []
+    assert [n.name for n in store.list_nodes(after="node-5", limit=1)] == ["node-6"]
+
+
+def test_eks_paged_by_id(store: SqlStore) -> None:
+    added = [store.add_ek(f"node-{i}", f"{i:x}" * 64, "pem", None, "operator") for i in range(5)]
+    assert store.list_eks(limit=2) == added[:2]
+    assert store.list_eks(after_id=added[1].id, limit=2) == added[2:4]
+    assert store.list_eks(after_id=added[-1].id) == []
+
+
 # --- nonces --------------------------------------------------------------------------------
 
 

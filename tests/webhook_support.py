@@ -124,8 +124,8 @@ class FakeStore:
             (e for e in self.eks.values() if e.fingerprint == fingerprint and e.revoked_at is None), None
         )
 
-    def list_eks(self) -> list[EkRecord]:
-        return list(self.eks.values())
+    def list_eks(self, after_id: int = 0, limit: int | None = None) -> list[EkRecord]:
+        return [self.eks[i] for i in sorted(self.eks) if i > after_id][:limit]
 
     def revoke_ek(self, ek_id: int) -> EkRecord:
         if ek_id not in self.eks:
@@ -167,8 +167,9 @@ class FakeStore:
     def get_node(self, name: str) -> NodeRecord | None:
         return self.nodes.get(name)
 
-    def list_nodes(self) -> list[NodeRecord]:
-        return list(self.nodes.values())
+    def list_nodes(self, after: str | None = None, limit: int | None = None) -> list[NodeRecord]:
+        names = sorted(n for n in self.nodes if after is None or n > after)
+        return [self.nodes[n] for n in names[:limit]]
 
     def node_state_counts(self, now: dt.datetime) -> dict[str, int]:
         from webhook.admin import node_state

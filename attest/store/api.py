@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from attest.reasons import Reason
 
@@ -64,6 +64,12 @@ class Enrollment:
     expires_at: dt.datetime
 
 
+# How far a verdict's appraisal may lie ahead of the reader's clock (replicas' clocks differ a
+# little). Further ahead, the clock that appraised it, or the reader's, was stepped back: the
+# verdict would stay fresh for longer than it was issued for, so it no longer counts.
+CLOCK_SKEW: Final = dt.timedelta(seconds=5)
+
+
 @dataclass(frozen=True)
 class VerdictRecord:
     node: str
@@ -73,6 +79,11 @@ class VerdictRecord:
     reasons: list[dict[str, Any]]  # Finding.to_json() of each
     detail: dict[str, Any]  # the rest of Verdict.to_json()
     policy: str | None = None  # "name@version"
+
+    def fresh_at(self, now: dt.datetime) -> bool:
+        """Still within its lifetime as seen at `now` (whether trusted or not): the one rule that
+        admission, the CSR approver, the node controller and node listings share."""
+        return self.expires_at is not None and now < self.expires_at and self.appraised_at <= now + CLOCK_SKEW
 
 
 @dataclass(frozen=True)
@@ -157,7 +168,10 @@ class Store(Protocol):
         ...
 
     def find_ek(self, fingerprint: str) -> EkRecord | None: ...  # active (not revoked) only
-    def list_eks(self) -> list[EkRecord]: ...
+    def list_eks(self, after_id: int = 0, limit: int | None = None) -> list[EkRecord]:
+        """By id: those after `after_id`, at most `limit` (all when None), for paging by id."""
+        ...
+
     def revoke_ek(self, ek_id: int) -> EkRecord:
         """Audited. Also revokes every node bound to that EK: trust in the AK came from it.
         Revoking a revoked EK returns it unchanged. NotFound for an unknown id."""
@@ -187,7 +201,11 @@ class Store(Protocol):
         ...
 
     def get_node(self, name: str) -> NodeRecord | None: ...
-    def list_nodes(self) -> list[NodeRecord]: ...
+    def list_nodes(self, after: str | None = None, limit: int | None = None) -> list[NodeRecord]:
+        """By name: those after `after`, at most `limit` (all when None). Paging by name needs
+        no offset scan: the primary key's index serves both the ORDER BY and the WHERE."""
+        ...
+
     def node_state_counts(self, now: dt.datetime) -> dict[str, int]:
         """How many nodes are in each state at `now`, counted by the database (no rows are
         loaded): revoked, enrolled (no verdict yet), untrusted, stale (trusted, expired) or

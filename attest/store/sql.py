@@ -295,9 +295,10 @@ class SqlStore:
             ).first()
         return None if row is None else _ek(row)
 
-    def list_eks(self) -> list[EkRecord]:
+    def list_eks(self, after_id: int = 0, limit: int | None = None) -> list[EkRecord]:
+        query = select(t.eks).where(t.eks.c.id > after_id).order_by(t.eks.c.id).limit(limit)
         with self._tx() as conn:
-            return [_ek(row) for row in conn.execute(select(t.eks).order_by(t.eks.c.id))]
+            return [_ek(row) for row in conn.execute(query)]
 
     def revoke_ek(self, ek_id: int) -> EkRecord:
         with self._tx(write=True) as conn:
@@ -372,9 +373,12 @@ class SqlStore:
             row = conn.execute(_NODE, {"b_name": name}).first()
         return None if row is None else _node(row)
 
-    def list_nodes(self) -> list[NodeRecord]:
+    def list_nodes(self, after: str | None = None, limit: int | None = None) -> list[NodeRecord]:
+        query = _node_query().order_by(t.nodes.c.name).limit(limit)
+        if after is not None:
+            query = query.where(t.nodes.c.name > after)
         with self._tx() as conn:
-            return [_node(row) for row in conn.execute(_node_query().order_by(t.nodes.c.name))]
+            return [_node(row) for row in conn.execute(query)]
 
     def node_state_counts(self, now: dt.datetime) -> dict[str, int]:
         with self._tx() as conn:
