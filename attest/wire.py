@@ -106,14 +106,14 @@ PcrSelectionText = Annotated[
 class Request(BaseModel):
     """What a client sends: an unknown field is refused, so a typo is an error, not a no-op."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Response(BaseModel):
     """What a server answers: unknown fields are ignored, so an older client keeps working
     against a newer verifier that added optional fields."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
 
 # --- agent API -------------------------------------------------------------------------------
@@ -312,7 +312,9 @@ def _none_as_empty(empty: Any) -> Any:
 class K8sModel(BaseModel):
     """Kubernetes JSON: camelCase keys, unknown fields ignored, immutable once parsed."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True, defer_build=True
+    )
 
 
 K8sName = Annotated[str, Field(max_length=253)]
