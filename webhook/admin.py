@@ -33,6 +33,9 @@ from webhook.errors import INVALID_REQUEST, NOT_FOUND, BadRequest, Missing
 from webhook.service import Clock, key_fingerprint, public_pem
 
 MAX_AUDIT_PAGE = 10_000
+# A page of nodes (each with its latest verdict's reasons and containers) or EKs: what one request
+# may hold in memory, whatever the store holds.
+MAX_PAGE = 1000
 OPERATOR = "operator"
 
 
@@ -45,7 +48,7 @@ def node_state(node: NodeRecord, now: dt.datetime) -> str:
         return "enrolled"
     if not verdict.trusted:
         return "untrusted"
-    if verdict.expires_at is None or verdict.expires_at <= now:
+    if not verdict.fresh_at(now):
         return "stale"
     return "trusted"
 
@@ -126,9 +129,13 @@ class Admin:
         self.store = store
         self._clock = clock
 
-    def nodes(self) -> list[NodeOut]:
+    def nodes(self, after: str | None, limit: int) -> tuple[list[NodeOut], str | None]:
+        """A page of nodes by name after `after`, and the cursor of the next page (None at the end)."""
+        limit = min(limit, MAX_PAGE)
+        records = self.store.list_nodes(after, limit + 1)  # one more tells whether a next page exists
         now = self._clock()
-        return [node_out(n, now) for n in self.store.list_nodes()]
+        page = [node_out(n, now) for n in records[:limit]]
+        return page, page[-1].name if len(records) > limit else None
 
     def node(self, name: str) -> NodeOut:
         node = self.store.get_node(name)
@@ -148,8 +155,12 @@ class Admin:
             self.store.add_ek(request.node, key_fingerprint(key), public_pem(key), certificate, OPERATOR)
         )
 
-    def eks(self) -> list[EkOut]:
-        return [ek_out(e) for e in self.store.list_eks()]
+    def eks(self, after: int, limit: int) -> tuple[list[EkOut], str | None]:
+        """A page of EKs by id after `after`, and the cursor of the next page (None at the end)."""
+        limit = min(limit, MAX_PAGE)
+        records = self.store.list_eks(after, limit + 1)
+        page = [ek_out(e) for e in records[:limit]]
+        return page, str(page[-1].id) if len(records) > limit else None
 
     def revoke_ek(self, ek_id: int) -> EkOut:
         return ek_out(self.store.revoke_ek(ek_id))

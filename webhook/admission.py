@@ -64,10 +64,6 @@ RESTRICTED_LABEL_DOMAIN: Final = "node-restriction.kubernetes.io"
 # Digest-pinned: the runtime fetches this content and nothing else (the container log's digests).
 _PINNED: Final = re.compile(r"@(?P<digest>sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
 # A cause per problem is returned; a pod with thousands of bad images gets the first ones.
-# How far a verdict's appraisal may lie ahead of this replica's clock (replicas' clocks differ a
-# little). Further ahead, the clock that appraised it, or this one, was stepped back: the verdict
-# would stay fresh for longer than it was issued for, so it no longer counts.
-CLOCK_SKEW: Final = dt.timedelta(seconds=5)
 MAX_CAUSES: Final = 20
 MAX_WARNINGS: Final = 10
 
@@ -403,15 +399,16 @@ def _node_fit(name: str, ctx: Context, field: str) -> Denial | None:
             f"see attestctl node show {name}",
             field,
         )
-    if verdict.expires_at is None or ctx.now >= verdict.expires_at:
-        expired = verdict.expires_at or verdict.appraised_at
-        return Denial(
-            Reason.ADMISSION_NODE_STALE,
-            f"node {name}'s trusted verdict expired at {_when(expired)} ({_ago(ctx.now - expired)} ago): "
-            "its attest-agent has not attested since; check that it runs and reaches the verifier",
-            field,
-        )
-    if verdict.appraised_at > ctx.now + CLOCK_SKEW:
+    if not verdict.fresh_at(ctx.now):
+        if verdict.expires_at is None or ctx.now >= verdict.expires_at:
+            expired = verdict.expires_at or verdict.appraised_at
+            return Denial(
+                Reason.ADMISSION_NODE_STALE,
+                f"node {name}'s trusted verdict expired at {_when(expired)} ({_ago(ctx.now - expired)} ago): "
+                "its attest-agent has not attested since; check that it runs and reaches the verifier",
+                field,
+            )
+        # Appraised ahead of this clock (VerdictRecord.fresh_at).
         return Denial(
             Reason.ADMISSION_NODE_STALE,
             f"node {name}'s trusted verdict was appraised at {_when(verdict.appraised_at)}, "

@@ -62,6 +62,7 @@ from attest.reasons import Reason
 from attest.store import audit as chain
 from attest.store import schema as t
 from attest.store.api import (
+    CLOCK_SKEW,
     AuditRecord,
     Conflict,
     EkRecord,
@@ -382,7 +383,7 @@ class SqlStore:
 
     def node_state_counts(self, now: dt.datetime) -> dict[str, int]:
         with self._tx() as conn:
-            rows = conn.execute(_STATE_COUNTS, {"b_now": now}).all()
+            rows = conn.execute(_STATE_COUNTS, {"b_now": now, "b_ahead": now + CLOCK_SKEW}).all()
         return {str(state): int(count) for state, count in rows}
 
     def revoke_node(self, name: str, reason: str) -> NodeRecord:
@@ -860,13 +861,18 @@ _HEAD_UPDATE: Final = (
 )
 _AUDIT_INSERT: Final = insert(t.audit)
 
-# Node states as webhook.admin.node_state names them, decided by the database: a /metrics scrape
-# counts 100,000 nodes without loading them.
+# Node states as webhook.admin.node_state names them (VerdictRecord.fresh_at's rule), decided by
+# the database: a /metrics scrape counts 100,000 nodes without loading them.
 _STATE: Final = case(
     (t.nodes.c.revoked_at.is_not(None), "revoked"),
     (t.verdicts.c.node.is_(None), "enrolled"),
     (t.verdicts.c.trusted.is_(False), "untrusted"),
-    (t.verdicts.c.expires_at.is_(None) | (t.verdicts.c.expires_at <= bindparam("b_now")), "stale"),
+    (
+        t.verdicts.c.expires_at.is_(None)
+        | (t.verdicts.c.expires_at <= bindparam("b_now"))
+        | (t.verdicts.c.appraised_at > bindparam("b_ahead")),
+        "stale",
+    ),
     else_="trusted",
 ).label("state")
 _STATE_COUNTS: Final = (

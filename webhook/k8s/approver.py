@@ -196,7 +196,7 @@ def judge(
             Reason.CSR_NODE_UNTRUSTED,
             f"node {name} attested untrusted at {_when(verdict.appraised_at)}: {codes}",
         )
-    fresh = verdict is not None and verdict.expires_at is not None and now < verdict.expires_at
+    fresh = verdict is not None and verdict.fresh_at(now)
     bound = verdict is not None and request.fingerprint in (verdict.detail.get("bound_keys") or ())
     if verdict is not None and since and fresh and bound:
         if node is not None or request.signer == CLIENT_SIGNER:
