@@ -36,6 +36,7 @@ from types import FrameType
 from typing import Any, TextIO, TypeVar
 
 from cryptography.hazmat.primitives import serialization
+from tpm2_pytss import TPM2B_PUBLIC
 
 from attest.agent.bindkeys import read_fingerprints
 from attest.agent.client import (
@@ -77,7 +78,6 @@ from attest.reasons import Reason
 from attest.tpm import AttestationKey, Tpm, activate_credential, create_ek, quote
 from attest.tpm.ek import EkCertificate
 from attest.tpm.session import DEFAULT_TCTI
-from attest.verify.quote import ak_name
 from attest.wire import ActivateRequest, EnrollRequest, Evidence, ReasonOut, VerdictOut
 
 DEFAULT_INTERVAL = 60.0
@@ -93,6 +93,14 @@ SHUTDOWN_GRACE = 5.0
 # RSA EK on a slow discrete TPM can take tens of seconds.
 DEFAULT_TPM_TIMEOUT = 120.0
 _EXPECTED_ERRORS = (VerifierError, TpmError, LogError, ContainerLogError)
+
+
+def ak_name_hex(public: bytes) -> str:
+    """The AK's Name (nameAlg || H(TPMT_PUBLIC)) in hex, as the verifier computes it from the same
+    TPM2B_PUBLIC. tpm2_pytss computes it here, not attest.verify.quote.ak_name: that would load
+    the verifier's structure parsers and YAML into the agent (2.4 MB of RSS) for one hash."""
+    public_area, _ = TPM2B_PUBLIC.unmarshal(public)
+    return bytes(public_area.get_name()).hex()
 
 
 @dataclass(frozen=True)
@@ -332,7 +340,7 @@ class Agent:
                 self.log.info("ak.created", alg=status.ak.alg, state_dir=str(self.config.state_dir))
             self._ak = status.ak
         ak = self._ak
-        name = ak_name(ak.public).hex()
+        name = ak_name_hex(ak.public)
         enrolled = Enrollment.load(self.config.state_dir)
         if enrolled is None or not enrolled.matches(self.config.node, self.verifier, name):
             self.enroll(ak, name)
