@@ -84,6 +84,8 @@ def test_bound_kubelet_key_is_approved_and_the_node_untainted(
 
         _until("untainting", untainted, verifier.log)
         assert decision(kube.csr("node-csr-unbound")) is None  # waits for its grace, never approved
-        assert [e["reason"] for e in kube.events()] == ["Attested"]
+        # The node controller may see the Node before the agent's verdict arrives (NotAttested on
+        # registration) or after; either way the story ends Attested, with nothing failed between.
+        assert [e["reason"] for e in kube.events()] in (["Attested"], ["NotAttested", "Attested"])
     finally:
         verifier.stop()
