@@ -292,6 +292,43 @@ def test_audit_paging_stops_on_an_empty_page_and_refuses_a_server_that_does_not_
     assert "does not advance" in err
 
 
+def test_node_list_walks_the_link_cursor_and_streams_pages(
+    serve: Callable[[Handler], list[httpx.Request]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = [f"n{i:02d}" for i in range(7)]
+
+    def paged(req: httpx.Request) -> httpx.Response:
+        after = req.url.params.get("after", "")
+        page = [n for n in names if n > after][:3]
+        more = page and page[-1] != names[-1]
+        headers = {"Link": f'</v1/admin/nodes?after={page[-1]}&limit=3>; rel="next"'} if more else {}
+        return httpx.Response(200, json=[_node(n, "enrolled") for n in page], headers=headers)
+
+    seen = serve(paged)
+    code, out, err = _run(capsys, "node", "list")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split()[0] == "NAME"
+    assert [line.split()[0] for line in lines[1:]] == names
+    # The first request is the one a verifier without paging understands; then the cursor given.
+    assert [dict(r.url.params) for r in seen] == [{}, {"after": "n02"}, {"after": "n05"}]
+    assert {line.index("enrolled") for line in lines[1:]} == {lines[0].index("STATE")}  # one width
+
+    assert [n["name"] for n in json.loads(_run(capsys, "node", "list", "--json")[1])] == names
+
+
+def test_node_list_refuses_a_cursor_that_does_not_advance(
+    serve: Callable[[Handler], list[httpx.Request]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    link = {"Link": '</v1/admin/nodes?after=a&limit=1>; rel="next"'}
+    seen = serve(lambda _req: httpx.Response(200, json=[_node("a", "enrolled")], headers=link))
+    code, _, err = _run(capsys, "node", "list")
+    assert code == 2
+    assert "does not advance" in err
+    assert err.count("\n") == 1
+    assert len(seen) == 2
+
+
 # --- formatting ------------------------------------------------------------------------------
 
 

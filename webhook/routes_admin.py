@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Annotated, Final
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from attest.wire import (
     API_PREFIX,
@@ -16,7 +17,7 @@ from attest.wire import (
     PolicyIn,
     PolicyOut,
 )
-from webhook.admin import MAX_AUDIT_PAGE
+from webhook.admin import MAX_AUDIT_PAGE, MAX_PAGE
 from webhook.config import POLICY_NAME_PATTERN
 from webhook.deps import AdminDep, NodeName, require_admin
 
@@ -32,11 +33,28 @@ PolicyName = Annotated[str, Path(pattern=POLICY_NAME_PATTERN)]
 # Row ids are signed 64-bit in SQLite and PostgreSQL: a larger one is a 400, not a driver overflow.
 EkId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 DEFAULT_AUDIT_PAGE: Final = 1000
+PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+
+
+def _link_next(request: Request, response: Response, cursor: str | None, limit: int) -> None:
+    """The next page's address in a Link header (RFC 8288), so the body stays the plain JSON array
+    older clients read; its absence ends the listing."""
+    if cursor is not None:
+        query = urllib.parse.urlencode({"after": cursor, "limit": limit})
+        response.headers["Link"] = f'<{request.url.path}?{query}>; rel="next"'
 
 
 @router.get("/nodes")
-def list_nodes(admin: AdminDep) -> list[NodeOut]:
-    return admin.nodes()
+def list_nodes(
+    request: Request,
+    response: Response,
+    admin: AdminDep,
+    after: Annotated[str | None, Query(max_length=253)] = None,
+    limit: PageLimit = MAX_PAGE,
+) -> list[NodeOut]:
+    page, cursor = admin.nodes(after, limit)
+    _link_next(request, response, cursor, limit)
+    return page
 
 
 @router.get("/nodes/{name}")
@@ -55,8 +73,16 @@ def enroll_ek(body: EkEnrollRequest, admin: AdminDep) -> EkOut:
 
 
 @router.get("/eks")
-def list_eks(admin: AdminDep) -> list[EkOut]:
-    return admin.eks()
+def list_eks(
+    request: Request,
+    response: Response,
+    admin: AdminDep,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+    limit: PageLimit = MAX_PAGE,
+) -> list[EkOut]:
+    page, cursor = admin.eks(after, limit)
+    _link_next(request, response, cursor, limit)
+    return page
 
 
 @router.post("/eks/{ek_id}/revoke")

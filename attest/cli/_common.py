@@ -7,8 +7,9 @@ import contextlib
 import datetime as dt
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NoReturn, TypeAlias
+import textwrap
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NoReturn, TextIO, TypeAlias
 
 from attest.errors import AttestError, TpmError, UsageError
 from attest.pcrselect import PcrSelection
@@ -114,13 +115,31 @@ def print_json(doc: Any) -> None:
     sys.stdout.write("\n")
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+def write_json_array(out: TextIO, items: Iterable[Any]) -> None:
+    """The bytes print_json writes for the list of `items`, written an item at a time so a long
+    listing is never held whole."""
+    empty = True
+    for item in items:
+        out.write("[\n" if empty else ",\n")
+        out.write(textwrap.indent(json.dumps(item, indent=2), "  "))
+        empty = False
+    out.write("[]\n" if empty else "\n]\n")
+
+
+def table_widths(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[int]:
+    return [max(len(r[i]) for r in (headers, *rows)) for i in range(len(headers))]
+
+
+def print_rows(widths: Sequence[int], rows: Iterable[Sequence[str]]) -> None:
     """Left-aligned columns two spaces apart; the last column is not padded, so long reasons
-    do not leave trailing blanks."""
-    widths = [max(len(r[i]) for r in (headers, *rows)) for i in range(len(headers))]
-    for row in (headers, *rows):
+    do not leave trailing blanks. A cell wider than its column pushes the rest of its row."""
+    for row in rows:
         cells = [f"{cell:<{w}}" for cell, w in zip(row[:-1], widths, strict=False)]
         print("  ".join([*cells, row[-1]]).rstrip())
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    print_rows(table_widths(headers, rows), (headers, *rows))
 
 
 def _span(seconds: int) -> str:

@@ -17,7 +17,7 @@ import ssl
 import stat
 import sys
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -193,6 +193,25 @@ class AdminClient:
     def close(self) -> None:
         self._http.close()
 
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: BaseModel | None = None,
+        params: Mapping[str, int | str] | None = None,
+    ) -> httpx.Response:
+        """The verifier's successful answer; anything else raises its one-line CommandError."""
+        content = None if body is None else body.model_dump_json().encode()
+        headers = {"Content-Type": "application/json"} if content is not None else None
+        try:
+            response = self._http.request(method, path, content=content, headers=headers, params=params)
+        except httpx.TransportError as e:
+            raise _transport_failure(self.base_url, e, self.timeout) from None
+        if not response.is_success:
+            raise _http_failure(response)
+        return response
+
     def _call(
         self,
         method: str,
@@ -200,30 +219,34 @@ class AdminClient:
         answer: type[T],
         *,
         body: BaseModel | None = None,
-        params: dict[str, int] | None = None,
+        params: Mapping[str, int | str] | None = None,
     ) -> T:
-        content = None if body is None else body.model_dump_json().encode()
-        headers = {"Content-Type": "application/json"} if content is not None else None
-        try:
-            response = self._http.request(method, path, content=content, headers=headers, params=params)
-        except httpx.TransportError as e:
-            raise _transport_failure(self.base_url, e, self.timeout) from None
-        if response.is_success:
-            try:
-                return TypeAdapter(answer).validate_json(response.content)
-            except ValidationError as e:
-                first = e.errors()[0]
-                where = ".".join(str(p) for p in first["loc"]) or "body"
-                raise CommandError(
-                    f"the verifier's answer to {method} {path} is not what this attestctl "
-                    f"expects: {where}: {first['msg']}"
-                ) from None
-        raise _http_failure(response)
+        return _parse(self._send(method, path, body=body, params=params), answer, f"{method} {path}")
+
+    def _pages(self, path: str, answer: type[list[T]], limit: int | None) -> Iterator[list[T]]:
+        """A listing page by page, following the Link rel="next" header's cursor until a page has
+        none. A verifier that predates paging sends everything at once with no Link: that ends
+        the walk just as well."""
+        params: dict[str, int | str] = {} if limit is None else {"limit": limit}
+        while True:
+            response = self._send("GET", path, params=params)
+            page = _parse(response, answer, f"GET {path}")
+            yield page
+            link = response.links.get("next")
+            if link is None:
+                return
+            query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(link.get("url", "")).query))
+            after = query.get("after")
+            if not page or not after or after == params.get("after"):
+                # A cursor that does not move would page forever.
+                raise CommandError(f"the verifier's next page of GET {path} does not advance: {link}")
+            params = {"after": after} if limit is None else {"after": after, "limit": limit}
 
     # --- nodes ---------------------------------------------------------------------------
 
-    def list_nodes(self) -> list[NodeOut]:
-        return self._call("GET", f"{API_PREFIX}/admin/nodes", list[NodeOut])
+    def node_pages(self, limit: int | None = None) -> Iterator[list[NodeOut]]:
+        """Every node by name, a page at a time: a listing never holds more than a page."""
+        return self._pages(f"{API_PREFIX}/admin/nodes", list[NodeOut], limit)
 
     def get_node(self, name: str) -> NodeOut:
         return self._call("GET", _node_path(name), NodeOut)
@@ -237,7 +260,7 @@ class AdminClient:
         return self._call("POST", f"{API_PREFIX}/admin/eks", EkOut, body=request)
 
     def list_eks(self) -> list[EkOut]:
-        return self._call("GET", f"{API_PREFIX}/admin/eks", list[EkOut])
+        return list(itertools.chain.from_iterable(self._pages(f"{API_PREFIX}/admin/eks", list[EkOut], None)))
 
     def revoke_ek(self, ek_id: int) -> EkOut:
         return self._call("POST", f"{API_PREFIX}/admin/eks/{ek_id}/revoke", EkOut)
@@ -261,20 +284,34 @@ class AdminClient:
             "GET", f"{API_PREFIX}/admin/audit", list[AuditRecordOut], params={"after": after, "limit": limit}
         )
 
-    def audit_records(self, progress: Callable[[int], None] | None = None) -> list[AuditRecordOut]:
-        """The whole audit trail, page by page. Only an empty page ends it: a server may cap
+    def audit_pages(self, progress: Callable[[int], None] | None = None) -> Iterator[list[AuditRecordOut]]:
+        """The whole audit trail, a page at a time. Only an empty page ends it: a server may cap
         `limit` below what was asked, so a short page proves nothing."""
-        records: list[AuditRecordOut] = []
-        after = 0
+        after = count = 0
         while page := self.audit_page(after):
             if any(b <= a for a, b in itertools.pairwise([after, *(r.seq for r in page)])):
                 # Paging by seq needs seq to increase; a server that repeats itself would loop forever.
                 raise CommandError(f"the verifier's audit page after seq {after} does not advance by seq")
-            records.extend(page)
             after = page[-1].seq
+            count += len(page)
             if progress is not None:
-                progress(len(records))
-        return records
+                progress(count)
+            yield page
+
+    def audit_records(self, progress: Callable[[int], None] | None = None) -> list[AuditRecordOut]:
+        """The whole audit trail in memory (audit_pages streams it)."""
+        return list(itertools.chain.from_iterable(self.audit_pages(progress)))
+
+
+def _parse(response: httpx.Response, answer: type[T], request: str) -> T:
+    try:
+        return TypeAdapter(answer).validate_json(response.content)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise CommandError(
+            f"the verifier's answer to {request} is not what this attestctl expects: {where}: {first['msg']}"
+        ) from None
 
 
 def _http_failure(response: httpx.Response) -> AdminApiError:

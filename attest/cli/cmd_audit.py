@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from attest.cli._common import (
     print_json,
     read_file,
     show_help,
+    write_json_array,
 )
 from attest.errors import UsageError
 
@@ -48,6 +50,9 @@ Fetch the whole trail and write it as one JSON array of records (the admin API's
 AuditRecordOut: seq, at, kind, subject, data, prev, hash) to stdout or -o FILE. Keep exports
 off the verifier: `audit verify --file FILE` checks one later, without the verifier.
 """
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
 
 
 def _known_head(text: str) -> tuple[int, str]:
@@ -120,79 +125,136 @@ def _progress() -> tuple[Callable[[int], None] | None, Callable[[], None]]:
     return update, done
 
 
-def _fetch(args: argparse.Namespace) -> list[AuditRecordOut]:
+def _fetch(args: argparse.Namespace) -> Iterator[AuditRecordOut]:
+    """The verifier's trail record by record, fetched a page at a time as it is consumed."""
     from attest.cli.admin_client import open_client
 
     update, done = _progress()
     try:
         with open_client(args) as client:
-            return client.audit_records(update)
+            for page in client.audit_pages(update):
+                yield from page
     finally:
         done()
 
 
-def _load_export(path: str) -> list[AuditRecordOut]:
-    from pydantic import TypeAdapter, ValidationError
+def _load_export(path: str) -> Iterator[AuditRecordOut]:
+    """An export's records one at a time: the file's text is read whole, but only one record is
+    decoded at a time."""
+    import json
+
+    from pydantic import ValidationError
 
     from attest.wire import AuditRecordOut
 
+    def refuse(where: str, why: str) -> UsageError:
+        return UsageError(f"{path}: not an audit export (a JSON array of records): {where}: {why}")
+
     try:
-        return TypeAdapter(list[AuditRecordOut]).validate_json(read_file(path))
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = "record " + ".".join(str(p) for p in first["loc"]) if first["loc"] else "top level"
-        raise UsageError(
-            f"{path}: not an audit export (a JSON array of records): {where}: {first['msg']}"
-        ) from None
+        text = read_file(path).decode()
+    except UnicodeDecodeError as e:
+        raise refuse("top level", f"not UTF-8 ({e.reason})") from None
+    decoder = json.JSONDecoder()
+
+    def skip_space(at: int) -> int:
+        found = _JSON_SPACE.match(text, at)  # always matches, if only the empty string
+        return found.end() if found else at
+
+    pos = skip_space(0)
+    if not text.startswith("[", pos):
+        raise refuse("top level", "expected a JSON array")
+    pos = skip_space(pos + 1)
+    index = 0
+    while not text.startswith("]", pos):
+        if index:
+            if not text.startswith(",", pos):
+                raise refuse(f"after record {index - 1}", "expected ',' or ']'")
+            pos = skip_space(pos + 1)
+        try:
+            doc, pos = decoder.raw_decode(text, pos)
+            yield AuditRecordOut.model_validate(doc)
+        except json.JSONDecodeError as e:
+            raise refuse(f"record {index}", f"invalid JSON ({e.msg}, character {e.pos})") from None
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise refuse(".".join(str(p) for p in (f"record {index}", *first["loc"])), first["msg"]) from None
+        pos = skip_space(pos)
+        index += 1
+    if text[pos + 1 :].strip():
+        raise refuse("top level", "more after the array")
 
 
-def _head(records: list[AuditRecordOut]) -> dict[str, Any] | None:
-    return {"seq": records[-1].seq, "hash": records[-1].hash} if records else None
+class _Tally:
+    """What the summary needs of a streamed trail: its count, first and last records, and the
+    hashes of the records the known heads name."""
+
+    def __init__(self, wanted: Iterable[int]) -> None:
+        self.count = 0
+        self.first: AuditRecordOut | None = None
+        self.last: AuditRecordOut | None = None
+        self.hashes: dict[int, str | None] = dict.fromkeys(wanted)
+
+    def __call__(self, records: Iterable[AuditRecordOut]) -> Iterator[AuditRecordOut]:
+        for record in records:
+            self.count += 1
+            self.first = self.first or record
+            self.last = record
+            if record.seq in self.hashes:
+                self.hashes[record.seq] = record.hash
+            yield record
+
+    def head(self) -> dict[str, Any] | None:
+        return {"seq": self.last.seq, "hash": self.last.hash} if self.last else None
 
 
 def run_verify(args: argparse.Namespace) -> int:
     from attest.store.api import AuditRecord
     from attest.store.audit import verify_chain
 
-    records = _load_export(args.file) if args.file else _fetch(args)
-    problems = list(verify_chain([AuditRecord(**r.model_dump()) for r in records]))
-    by_seq = {r.seq: r.hash for r in records}
+    tally = _Tally(seq for seq, _ in args.known_head)
+    records = tally(_load_export(args.file) if args.file else _fetch(args))
+    problems = verify_chain(AuditRecord(**r.model_dump()) for r in records)
     for seq, digest in args.known_head:
-        if seq not in by_seq:
+        found = tally.hashes[seq]
+        if found is None:
             problems.append(f"known head {seq}:{digest}: the trail has no record {seq}")
-        elif by_seq[seq] != digest:
-            problems.append(f"known head {seq}:{digest}: record {seq} now has hash {by_seq[seq]}")
-    head = _head(records)
+        elif found != digest:
+            problems.append(f"known head {seq}:{digest}: record {seq} now has hash {found}")
+    head = tally.head()
     if args.json:
-        print_json({"intact": not problems, "records": len(records), "head": head, "problems": problems})
+        print_json({"intact": not problems, "records": tally.count, "head": head, "problems": problems})
     elif problems:
-        print(f"audit trail BROKEN: {len(problems)} problem(s) in {len(records)} records")
+        print(f"audit trail BROKEN: {len(problems)} problem(s) in {tally.count} records")
         for problem in problems:
             print(f"  {problem}")
-    elif head is None:
+    elif head is None or tally.first is None:
         print("audit trail intact: no records yet")
     else:
-        print(f"audit trail intact: {len(records)} records, seq {records[0].seq}..{head['seq']}")
+        print(f"audit trail intact: {tally.count} records, seq {tally.first.seq}..{head['seq']}")
         print(f"head {head['seq']}:{head['hash']}")
         print("record this head outside the verifier; check it later with --known-head SEQ:HASH")
     return EXIT_UNTRUSTED if problems else EXIT_OK
 
 
 def run_export(args: argparse.Namespace) -> int:
-    import json
-
-    records = _fetch(args)
-    text = json.dumps([r.model_dump(mode="json") for r in records], indent=2) + "\n"
-    head = _head(records)
+    """Streams: records are written as their pages arrive. To stdout, a failure midway leaves a
+    truncated array and exit status 2; to a file, the file is only replaced once complete."""
+    tally = _Tally(())
+    records = (r.model_dump(mode="json") for r in tally(_fetch(args)))
     if args.output is None:
-        sys.stdout.write(text)
+        write_json_array(sys.stdout, records)
         return EXIT_OK
     tmp = args.output.with_name(f".{args.output.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, args.output)
+    try:
+        with tmp.open("w") as out:
+            write_json_array(out, records)
+        os.replace(tmp, args.output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    head = tally.head()
     if args.json:
-        print_json({"file": str(args.output), "records": len(records), "head": head})
+        print_json({"file": str(args.output), "records": tally.count, "head": head})
     else:
         where = f", head {head['seq']}:{head['hash']}" if head else ""
-        print(f"wrote {len(records)} audit records to {args.output}{where}")
+        print(f"wrote {tally.count} audit records to {args.output}{where}")
     return EXIT_OK

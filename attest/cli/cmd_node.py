@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from attest.cli._common import (
@@ -12,8 +13,10 @@ from attest.cli._common import (
     add_connection_options,
     describe_time,
     print_json,
-    print_table,
+    print_rows,
     show_help,
+    table_widths,
+    write_json_array,
 )
 
 if TYPE_CHECKING:
@@ -40,6 +43,8 @@ it applies, the policy rule, PCR and event-log or IMA entry that broke it.
 
 Exit status: 0 the node is trusted, 1 it is not (any other state), 2 no such node or error.
 """
+
+HEADERS = ["NAME", "STATE", "LAST VERDICT", "EXPIRES", "REASONS"]
 
 REVOKE_DESCRIPTION = """\
 Revoke node NAME now: its verdict stops counting, admission refuses it, and its agent must
@@ -99,28 +104,38 @@ def _reasons_cell(reasons: list[ReasonOut]) -> str:
     return reasons[0].code + more
 
 
+def _row(n: NodeOut) -> list[str]:
+    return [
+        n.name,
+        n.state,
+        describe_time(n.last_verdict_at),
+        describe_time(n.expires_at),
+        _reasons_cell(n.reasons),
+    ]
+
+
 def run_list(args: argparse.Namespace) -> int:
+    """Streams: each page of nodes is printed as it arrives; pages come by name, and each is
+    sorted too (a verifier that predates paging sends one unsorted page). The table's column
+    widths come from the first page, printed with the header."""
     from attest.cli.admin_client import open_client
 
     with open_client(args) as client:
-        nodes = client.list_nodes()
-    if args.json:
-        print_json([n.model_dump(mode="json") for n in nodes])
-        return EXIT_OK
-    if not nodes:
-        print("no nodes enrolled")
-        return EXIT_OK
-    rows = [
-        [
-            n.name,
-            n.state,
-            describe_time(n.last_verdict_at),
-            describe_time(n.expires_at),
-            _reasons_cell(n.reasons),
-        ]
-        for n in sorted(nodes, key=lambda n: n.name)
-    ]
-    print_table(["NAME", "STATE", "LAST VERDICT", "EXPIRES", "REASONS"], rows)
+        pages = client.node_pages()
+        if args.json:
+            write_json_array(sys.stdout, (n.model_dump(mode="json") for page in pages for n in page))
+            return EXIT_OK
+        widths: list[int] | None = None
+        for page in pages:
+            rows = [_row(n) for n in sorted(page, key=lambda n: n.name)]
+            if widths is None:
+                if not rows:
+                    break
+                widths = table_widths(HEADERS, rows)
+                rows.insert(0, HEADERS)
+            print_rows(widths, rows)
+        if widths is None:
+            print("no nodes enrolled")
     return EXIT_OK
 
 
