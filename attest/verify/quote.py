@@ -354,8 +354,12 @@ def compare_clock(
     """Compare the clock info of the last accepted quote with a new one (pure; no state).
 
     Within one boot the clock only runs forward. A reboot (resetCount up) may bring it back
-    only after an unorderly shutdown, which the TPM admits by reporting ``safe`` = NO. Counters
-    never go back, except through TPM2_Clear, which also gives the node a new identity.
+    only after an unorderly shutdown, which the TPM admits by reporting ``safe`` = NO in the
+    boot that follows it. ``safe`` speaks for the latest startup only: after several reboots
+    (resetCount up by two or more) an unorderly one may lie between the quotes, unseen, and the
+    clock may lag its old value until it catches up, so only a single reboot reporting ``safe``
+    with the clock behind is a rollback. Counters never go back, except through TPM2_Clear,
+    which also gives the node a new identity.
     """
     failures = []
 
@@ -369,7 +373,7 @@ def compare_clock(
         rollback(f"resetCount went back by {-resets}")
     elif resets > 0:
         reboot = True
-        if current.clock < previous.clock and current.safe:
+        if current.clock < previous.clock and current.safe and resets == 1:
             rollback(
                 f"clock went back from {previous.clock} to {current.clock} ms, yet the TPM says it is safe"
             )
