@@ -4,6 +4,7 @@ the tests move, so the bound is checked without sleeping."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections import Counter
@@ -292,3 +293,23 @@ def test_the_cache_option() -> None:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+@pytest.mark.parametrize("state", ["trusted", "revoked", "stale", "untrusted", "unattested"])
+def test_the_view_keeps_every_fact_admission_decides_on(state: str) -> None:
+    from tests.test_admission import Lookups, fixture, judge, node_record
+
+    full = node_record("node2", "trusted" if state == "unattested" else state)
+    assert full is not None
+    if state == "unattested":
+        full = dataclasses.replace(full, last_verdict=None)
+    slim = nodestate.admission_facts(full)
+    # The heavy appraisal state is dropped ...
+    assert (slim.ak_public, slim.clock, slim.ima_state) == (b"", None, None)
+    assert slim.last_verdict is None or slim.last_verdict.detail == {}
+    # ... and every decision and message is the same as on the full record.
+    doc = fixture("05-validate-pods-binding-CREATE-demo.json")
+    on_full = judge(doc, Lookups(nodes={"node2": full}))
+    on_slim = judge(doc, Lookups(nodes={"node2": slim}))
+    assert on_slim.allowed == on_full.allowed
+    assert [(d.code, d.message) for d in on_slim.denials] == [(d.code, d.message) for d in on_full.denials]
