@@ -6,6 +6,7 @@ test runs on both, `store_url` of tests/pg.py), real swtpm nodes enrolled and at
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from attest.agent.cli import main as agent_main
 from attest.cli.main import main
 from attest.pki import ADMIN_TOKEN, CA_CERT, SERVER_CERT, SERVER_KEY
+from attest.store.api import Enrollment
+from attest.store.sql import SqlStore
 from attest.tpm import Tpm, create_ek, read_ek_certificates
 from tests.conftest import BootedTpm, SwtpmFactory
 
@@ -509,3 +513,101 @@ def test_audit_export_verify_and_tampering(
     assert broken("truncated", truncated, "--known-head", head) == [
         f"known head {head}: the trail has no record {seq}"
     ]
+
+
+# --- paging ----------------------------------------------------------------------------------
+
+
+def _admin_get(verifier: Verifier, path: str, **params: str | int) -> httpx.Response:
+    token = (verifier.tls / ADMIN_TOKEN).read_text().strip()
+    trust = ssl.create_default_context(cafile=verifier.tls / CA_CERT)
+    headers = {"Authorization": f"Bearer {token}"}
+    return httpx.get(f"{verifier.url}{path}", params=params, headers=headers, verify=trust, timeout=30)
+
+
+def _enroll_in_store(store: SqlStore, name: str) -> None:
+    """A node bound straight through the store (the verifier reads the same database)."""
+    ident = hashlib.sha256(name.encode()).hexdigest()
+    secret = b"s" * 32
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+    store.create_enrollment(
+        Enrollment(
+            ident, name, ident, b"pub", b"name:" + name.encode(), hashlib.sha256(secret).digest(), expires
+        )
+    )
+    store.complete_enrollment(ident, secret, dt.datetime.now(dt.UTC))
+
+
+def test_node_pages_over_http_see_every_node_once_despite_enrollments_between_pages(
+    verifier: Verifier, store_url: str
+) -> None:
+    store = SqlStore.open(store_url)
+    try:
+        for i in range(5):
+            _enroll_in_store(store, f"node-{i}")
+        seen: list[str] = []
+        params: dict[str, str | int] = {"limit": 2}
+        while True:
+            response = _admin_get(verifier, "/v1/admin/nodes", **params)
+            assert response.status_code == 200
+            seen += [n["name"] for n in response.json()]
+            if seen[-1] == "node-1":  # between the first and second page
+                _enroll_in_store(store, "node-1a")  # after the cursor: must be listed
+                _enroll_in_store(store, "a-node")  # before it: already passed
+            link = response.links.get("next")
+            if link is None:
+                break
+            assert link["url"].startswith("/v1/admin/nodes?")
+            params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(link["url"]).query))
+            assert params == {"after": seen[-1], "limit": "2"}
+    finally:
+        store.close()
+    assert seen == ["node-0", "node-1", "node-1a", "node-2", "node-3", "node-4"]
+    # The page that ends the listing has no next link, even when it is full.
+    last = _admin_get(verifier, "/v1/admin/nodes", after="node-3", limit=1)
+    assert [n["name"] for n in last.json()] == ["node-4"]
+    assert "link" not in last.headers
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/v1/admin/nodes", {"limit": 0}),
+        ("/v1/admin/nodes", {"limit": -1}),
+        ("/v1/admin/nodes", {"limit": 1001}),
+        ("/v1/admin/nodes", {"limit": "many"}),
+        ("/v1/admin/nodes", {"after": "n" * 254}),
+        ("/v1/admin/eks", {"limit": 0}),
+        ("/v1/admin/eks", {"limit": 10**30}),
+        ("/v1/admin/eks", {"after": -1}),
+        ("/v1/admin/eks", {"after": "node-1"}),
+    ],
+)
+def test_page_bounds_are_a_400(verifier: Verifier, path: str, params: dict[str, str | int]) -> None:
+    response = _admin_get(verifier, path, **params)
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_request"
+
+
+def test_attestctl_streams_more_nodes_and_records_than_a_page(
+    verifier: Verifier, store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.size import seed
+
+    names = seed(store_url, 1005, b"", 0)  # one page of 1,000 and a few more
+    code, out, err = ctl(capsys, "node", "list")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["NAME", "STATE"]
+    assert [line.split()[0] for line in lines[1:]] == names
+    assert all(line.split()[1] == "trusted" for line in lines[1:])
+    assert [n["name"] for n in ctl_json(capsys, "node", "list")] == names
+
+    export = tmp_path / "audit.json"
+    records = 1 + 2 * len(names)  # the policy, then each node's enrollment and verdict
+    code, out, _ = ctl(capsys, "audit", "export", "-o", str(export))
+    assert code == 0
+    assert out.startswith(f"wrote {records} audit records to {export}, head {records}:")
+    assert [r["seq"] for r in json.loads(export.read_text())] == list(range(1, records + 1))
+    assert ctl_json(capsys, "audit", "verify")["records"] == records
+    assert ctl_json(capsys, "audit", "verify", "--file", str(export))["records"] == records
