@@ -1,4 +1,4 @@
-"""The verifier client: answers mapped to typed errors (fake transport), and TLS checked for real."""
+"""The verifier client over real TLS: answers mapped to typed errors, certificates checked."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ import base64
 import contextlib
 import datetime as dt
 import email.utils
-import http.server
 import ipaddress
 import json
 import socket
-import ssl
-import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from attest.agent.client import (
+    DEFAULT_TIMEOUT,
     NotEnrolled,
     ProtocolError,
     VerifierClient,
@@ -34,6 +33,7 @@ from attest.agent.client import (
 )
 from attest.errors import UsageError
 from attest.wire import ActivateRequest, Challenge, EnrollRequest, Evidence
+from tests.https_stub import Handler, serve
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 CHALLENGE = {
@@ -116,8 +116,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-def _client(pki: Pki, handler: Callable[[httpx.Request], httpx.Response]) -> VerifierClient:
-    return VerifierClient("https://verifier.test:8443", pki.ca_cert, transport=httpx.MockTransport(handler))
+@contextlib.contextmanager
+def _client(
+    pki: Pki, handler: Handler, timeout: float = DEFAULT_TIMEOUT, idle_timeout: float | None = None
+) -> Iterator[VerifierClient]:
+    """A client of a real HTTPS server on loopback that answers with `handler`."""
+    with (
+        serve(pki.server_cert, pki.server_key, handler, idle_timeout) as url,
+        VerifierClient(url, pki.ca_cert, timeout=timeout) as client,
+    ):
+        yield client
 
 
 def _answer(
@@ -274,21 +282,32 @@ def test_an_answer_that_is_not_the_promised_model_is_a_protocol_error(pki: Pki, 
         client.challenge("node-1")
 
 
-@pytest.mark.parametrize(
-    "exc",
-    [
-        httpx.ConnectError("connection refused"),
-        httpx.ReadTimeout("timed out"),
-        httpx.RemoteProtocolError("eof"),
-    ],
-)
-def test_transport_failures_are_unreachable(pki: Pki, exc: Exception) -> None:
-    def fail(request: httpx.Request) -> httpx.Response:
-        raise exc
+def _hang_up(request: httpx.Request) -> httpx.Response:
+    raise ConnectionAbortedError("the server closes the connection without answering")
 
-    with _client(pki, fail) as client, pytest.raises(VerifierUnreachable) as info:
+
+def _too_slow(request: httpx.Request) -> httpx.Response:
+    time.sleep(2)  # past the client's 0.5 s timeout
+    return httpx.Response(200, json=CHALLENGE)
+
+
+@pytest.mark.parametrize(("handler", "message"), [(_hang_up, "closed connection"), (_too_slow, "timed out")])
+def test_transport_failures_are_unreachable(pki: Pki, handler: Handler, message: str) -> None:
+    with _client(pki, handler, timeout=0.5) as client, pytest.raises(VerifierUnreachable) as info:
         client.challenge("node-1")
     assert info.value.transient
+    assert message in str(info.value)
+
+
+def test_the_connection_is_kept_between_requests_and_replaced_once_the_server_closes_it(pki: Pki) -> None:
+    with _client(pki, _answer(200, CHALLENGE), idle_timeout=0.3) as client:
+        client.challenge("node-1")
+        first = client._conn
+        client.challenge("node-1")
+        assert client._conn is first  # kept alive
+        time.sleep(1)  # the server's idle timeout passes and it closes the connection
+        assert isinstance(client.challenge("node-1"), Challenge)
+        assert client._conn is not first
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -324,31 +343,8 @@ def test_the_ca_must_be_a_readable_certificate(tmp_path: Path) -> None:
 @contextlib.contextmanager
 def _serve(pki: Pki) -> Iterator[int]:
     """A real HTTPS server on loopback with `pki`'s server certificate, answering a challenge."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.dumps(CHALLENGE).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(pki.server_cert, pki.server_key)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serve(pki.server_cert, pki.server_key, _answer(200, CHALLENGE)) as url:
+        yield int(url.rpartition(":")[2])
 
 
 def test_tls_to_a_server_certified_by_the_configured_ca(pki: Pki) -> None:

@@ -2,8 +2,8 @@
 
 The double answers the agent API with the project's own verification code (MakeCredential,
 quote verification, appraisal with incremental IMA replay) and lets each test decide what the
-verifier remembers: a reset database, a forgotten node. It runs on httpx's MockTransport, so
-TLS is not exercised here; tests/test_agent_e2e.py runs the real verifier over real TLS.
+verifier remembers: a reset database, a forgotten node. It answers over real HTTPS on loopback
+(tests/https_stub.py); tests/test_agent_e2e.py runs the real verifier.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import json
 import os
 import stat
 import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,8 +46,9 @@ from attest.wire import (
     VerdictOut,
 )
 from swtpm.measuredboot import BootProfile
+from tests.https_stub import serve
 from tests.swtpm_node import SwtpmNode
-from tests.test_agent_client import make_pki
+from tests.test_agent_client import Pki, make_pki
 
 pytestmark = pytest.mark.swtpm
 
@@ -156,16 +159,35 @@ def node(swtpm: Any, tmp_path: Path) -> SwtpmNode:
 
 
 @pytest.fixture(scope="module")
-def ca_cert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_pki(tmp_path_factory.mktemp("pki")).ca_cert
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-def _agent(
-    node: SwtpmNode, verifier: VerifierDouble, ca_cert: Path, state: Path
-) -> tuple[Agent, io.StringIO]:
+@dataclass
+class Https:
+    """Each verifier double served over TLS once, for the test's length; its URL."""
+
+    pki: Pki
+    stack: ExitStack
+    urls: dict[int, str] = field(default_factory=dict)
+
+    def url(self, verifier: VerifierDouble) -> str:
+        if id(verifier) not in self.urls:
+            served = serve(self.pki.server_cert, self.pki.server_key, verifier.handler)
+            self.urls[id(verifier)] = self.stack.enter_context(served)
+        return self.urls[id(verifier)]
+
+
+@pytest.fixture
+def https(pki: Pki) -> Iterator[Https]:
+    with ExitStack() as stack:
+        yield Https(pki, stack)
+
+
+def _agent(node: SwtpmNode, verifier: VerifierDouble, https: Https, state: Path) -> tuple[Agent, io.StringIO]:
     config = AgentConfig(
-        verifier="https://verifier.test",
-        ca_cert=ca_cert,
+        verifier=https.url(verifier),
+        ca_cert=https.pki.ca_cert,
         node="node-1",
         tcti=node.tpm.tcti,
         state_dir=state,
@@ -174,7 +196,7 @@ def _agent(
         boot_id_file=node.boot_id,
         container_log=node.container_log,
     )
-    client = VerifierClient(config.verifier, ca_cert, transport=httpx.MockTransport(verifier.handler))
+    client = VerifierClient(config.verifier, config.ca_cert)
     out = io.StringIO()
     return Agent(config, client, make_event_log("json", "debug", out)), out
 
@@ -184,11 +206,11 @@ def _events(out: io.StringIO, name: str) -> list[dict[str, Any]]:
 
 
 def test_enrolls_once_and_reuses_the_ak_across_restarts(
-    node: SwtpmNode, ca_cert: Path, tmp_path: Path
+    node: SwtpmNode, https: Https, tmp_path: Path
 ) -> None:
     verifier = VerifierDouble()
     state = tmp_path / "state"
-    agent, out = _agent(node, verifier, ca_cert, state)
+    agent, out = _agent(node, verifier, https, state)
     verdict = agent.attest()
     assert verdict.trusted, verdict.reasons
     enroll = verifier.requests("enroll")[0]
@@ -200,7 +222,7 @@ def test_enrolls_once_and_reuses_the_ak_across_restarts(
     assert enrolled is not None
     assert enrolled.ak_name == ak_name(enroll.ak_public).hex()
 
-    restarted, out = _agent(node, verifier, ca_cert, state)
+    restarted, out = _agent(node, verifier, https, state)
     assert restarted.attest().trusted
     assert restarted.attest().trusted
     assert len(verifier.requests("enroll")) == 1
@@ -223,10 +245,10 @@ def _loaded_handles(tcti: str) -> list[int]:
 
 
 def test_ima_goes_incrementally_and_whole_after_a_reboot(
-    node: SwtpmNode, ca_cert: Path, tmp_path: Path
+    node: SwtpmNode, https: Https, tmp_path: Path
 ) -> None:
     verifier = VerifierDouble()
-    agent, out = _agent(node, verifier, ca_cert, tmp_path / "state")
+    agent, out = _agent(node, verifier, https, tmp_path / "state")
     first = len(node.ima_log.entries)
     assert agent.attest().trusted
     node.execute([(p, p.encode()) for p in ("/usr/bin/crictl", "/usr/sbin/iptables")])
@@ -258,10 +280,10 @@ def test_ima_goes_incrementally_and_whole_after_a_reboot(
 
 
 def test_enrolls_again_when_the_verifier_forgets_the_node(
-    node: SwtpmNode, ca_cert: Path, tmp_path: Path
+    node: SwtpmNode, https: Https, tmp_path: Path
 ) -> None:
     verifier = VerifierDouble()
-    agent, out = _agent(node, verifier, ca_cert, tmp_path / "state")
+    agent, out = _agent(node, verifier, https, tmp_path / "state")
     assert agent.attest().trusted
     verifier.nodes.clear()  # its database was reset
     assert agent.attest().trusted
@@ -270,33 +292,31 @@ def test_enrolls_again_when_the_verifier_forgets_the_node(
 
 
 def test_a_new_verifier_or_node_name_means_a_new_enrollment(
-    node: SwtpmNode, ca_cert: Path, tmp_path: Path
+    node: SwtpmNode, https: Https, tmp_path: Path
 ) -> None:
     verifier = VerifierDouble()
     state = tmp_path / "state"
-    agent, _ = _agent(node, verifier, ca_cert, state)
+    agent, _ = _agent(node, verifier, https, state)
     assert agent.attest().trusted
     enrolled = Enrollment.load(state)
     assert enrolled is not None
     Enrollment(
         enrolled.node, "https://old-verifier.test", enrolled.ak_name, enrolled.ek_kind, enrolled.enrolled_at
     ).save(state)
-    agent, _ = _agent(node, verifier, ca_cert, state)
+    agent, _ = _agent(node, verifier, https, state)
     assert agent.attest().trusted
     assert len(verifier.requests("enroll")) == 2
     # The same AK both times: only the binding was redone.
     assert verifier.requests("enroll")[0].ak_public == verifier.requests("enroll")[1].ak_public
 
 
-def test_a_cleared_tpm_gets_a_new_ak_and_enrolls_again(
-    node: SwtpmNode, ca_cert: Path, tmp_path: Path
-) -> None:
+def test_a_cleared_tpm_gets_a_new_ak_and_enrolls_again(node: SwtpmNode, https: Https, tmp_path: Path) -> None:
     from tpm2_pytss import ESYS_TR
 
     from attest.tpm import Tpm
 
     verifier = VerifierDouble()
-    agent, out = _agent(node, verifier, ca_cert, tmp_path / "state")
+    agent, out = _agent(node, verifier, https, tmp_path / "state")
     assert agent.attest().trusted
     with Tpm(node.tpm.tcti) as tpm:
         tpm.esapi.clear(ESYS_TR.RH_LOCKOUT)  # a new storage seed: the AK blob no longer loads
@@ -313,7 +333,7 @@ def test_a_cleared_tpm_gets_a_new_ak_and_enrolls_again(
     assert _loaded_handles(node.tpm.tcti) == []
 
 
-def test_an_altered_kernel_is_untrusted_with_its_reasons(swtpm: Any, ca_cert: Path, tmp_path: Path) -> None:
+def test_an_altered_kernel_is_untrusted_with_its_reasons(swtpm: Any, https: Https, tmp_path: Path) -> None:
     """Without a policy the double appraises integrity only; lying about the event log is
     what an altered node can do, and it shows as a replay mismatch."""
     node = SwtpmNode(swtpm, tmp_path / "node", BootProfile().with_kernel(b"a kernel with a rootkit"))
@@ -321,7 +341,7 @@ def test_an_altered_kernel_is_untrusted_with_its_reasons(swtpm: Any, ca_cert: Pa
     node.boot()
     honest_log = node.eventlog.read_bytes()
     node.eventlog.write_bytes(boot_log_of(BootProfile()))
-    agent, out = _agent(node, VerifierDouble(), ca_cert, tmp_path / "state")
+    agent, out = _agent(node, VerifierDouble(), https, tmp_path / "state")
     verdict = agent.attest()
     assert not verdict.trusted
     assert "eventlog_replay_mismatch" in {r.code for r in verdict.reasons}
@@ -351,13 +371,13 @@ def _container(n: int) -> ContainerRecord:
     )
 
 
-def test_container_launches_go_with_the_evidence(node: SwtpmNode, ca_cert: Path, tmp_path: Path) -> None:
+def test_container_launches_go_with_the_evidence(node: SwtpmNode, https: Https, tmp_path: Path) -> None:
     verifier = VerifierDouble(selection="sha256:0-10,23")
     measure_container(_container(1), node.container_log, node.tpm.tcti)
     # A hook that crashed after appending its record, before extending PCR 23 with it:
     with node.container_log.open("ab") as f:
         f.write(_container(2).encode() + b"\n")
-    agent, out = _agent(node, verifier, ca_cert, tmp_path / "state")
+    agent, out = _agent(node, verifier, https, tmp_path / "state")
     verdict = agent.attest()
     assert verdict.trusted, verdict.reasons
     (repaired,) = _events(out, "container_log.repaired")

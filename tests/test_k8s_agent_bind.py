@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from attest.agent import cli
 from attest.agent.bindkeys import fingerprints_of, read_fingerprints
 from attest.agent.client import VerifierClient
+from tests.https_stub import serve
 from tests.kube_apiserver import fingerprint, make_csr
 from tests.test_agent_client import Pki, make_pki
 
@@ -94,9 +95,10 @@ def test_challenge_request_carries_the_fingerprints(tmp_path: Path) -> None:
         body = json.loads(request.content) if request.content else {}
         return httpx.Response(200, json={**answer, "bound_keys": sorted(body.get("bind", []))})
 
-    with VerifierClient(
-        "https://verifier.test", pki.ca_cert, transport=httpx.MockTransport(handler)
-    ) as client:
+    with (
+        serve(pki.server_cert, pki.server_key, handler) as url,
+        VerifierClient(url, pki.ca_cert) as client,
+    ):
         keys = ["b" * 64, "a" * 64]
         assert client.challenge("node-a", keys).bound_keys == sorted(keys)
         assert client.challenge("node-a").bound_keys == []

@@ -13,7 +13,11 @@ operator (the other 4xx answers).
 from __future__ import annotations
 
 import datetime as dt
+import email.message
 import email.utils
+import http.client
+import select
+import socket
 import ssl
 import urllib.parse
 from collections.abc import Sequence
@@ -21,7 +25,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-import httpx
 from pydantic import BaseModel, ValidationError
 
 from attest import __version__
@@ -47,6 +50,7 @@ DEFAULT_TIMEOUT = 30.0
 # is down, and the agent is better off backing off than waiting out a long timeout.
 CONNECT_TIMEOUT = 5.0
 _ERROR_BODY_MAX = 200
+_OK = 200
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -161,19 +165,18 @@ def _tls_cause(e: BaseException) -> ssl.SSLError | None:
     return None
 
 
-def _error_from(resp: httpx.Response) -> VerifierError:
-    status = resp.status_code
+def _error_from(status: int, reason: str, headers: email.message.Message, body: bytes) -> VerifierError:
     reasons: list[ReasonOut] = []
     try:
-        err = ErrorOut.model_validate_json(resp.content)
+        err = ErrorOut.model_validate_json(body)
         code, message, reasons = err.code, err.message, err.reasons
     except ValidationError:
-        text = resp.text.strip().replace("\n", " ")[:_ERROR_BODY_MAX]
-        code, message = f"http_{status}", text or resp.reason_phrase
+        text = body.decode("utf-8", "replace").strip().replace("\n", " ")[:_ERROR_BODY_MAX]
+        code, message = f"http_{status}", text or reason
     if status == 429 or status >= 500:
         return VerifierUnavailable(
             f"verifier unavailable: {message} [{code}, HTTP {status}]",
-            retry_after=_retry_after(resp.headers.get("retry-after")),
+            retry_after=_retry_after(headers.get("retry-after")),
         )
     if status == 404 and code == Reason.AK_NOT_BOUND.value:
         return NotEnrolled(status, code, message)
@@ -182,30 +185,33 @@ def _error_from(resp: httpx.Response) -> VerifierError:
     return ProtocolError(f"unexpected HTTP {status} from the verifier: {message}")
 
 
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """An idle kept-alive connection with something to read has been closed by the server (or
+    carries junk): either way it must not carry the next request."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
+
+
 class VerifierClient:
     """One verifier, one connection pool. Use as a context manager, or close()."""
 
-    def __init__(
-        self,
-        base_url: str,
-        ca_cert: Path,
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
+    def __init__(self, base_url: str, ca_cert: Path, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.base_url = check_verifier_url(base_url)
-        self._http = httpx.Client(
-            base_url=self.base_url + API_PREFIX,
-            verify=tls_context(ca_cert),
-            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
-            headers={"user-agent": f"attest-agent/{__version__}", "accept": "application/json"},
-            transport=transport,
-            follow_redirects=False,
-            trust_env=False,  # no proxy from the environment: the evidence goes to the verifier only
-        )
+        parts = urllib.parse.urlsplit(self.base_url)
+        self._host = parts.hostname or ""
+        self._port = parts.port or 443
+        self._prefix = parts.path + API_PREFIX
+        self._context = tls_context(ca_cert)
+        self._timeout = timeout
+        self._headers = {"user-agent": f"attest-agent/{__version__}", "accept": "application/json"}
+        # http.client reads no proxy settings from the environment, follows no redirects and
+        # keeps the connection open between rounds unless the server closes it.
+        self._conn: http.client.HTTPSConnection | None = None
 
     def close(self) -> None:
-        self._http.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def __enter__(self) -> VerifierClient:
         return self
@@ -215,25 +221,46 @@ class VerifierClient:
     ) -> None:
         self.close()
 
-    def _post(self, path: str, body: BaseModel | None, answer: type[_M]) -> _M:
+    def _connection(self) -> http.client.HTTPSConnection:
+        conn = self._conn
+        if conn is not None and (conn.sock is None or _closed_by_peer(conn.sock)):
+            self.close()
+            conn = None
+        if conn is None:
+            connect = min(self._timeout, CONNECT_TIMEOUT)
+            conn = http.client.HTTPSConnection(self._host, self._port, timeout=connect, context=self._context)
+            conn.connect()
+            self._conn = conn
+        conn.sock.settimeout(self._timeout)
+        return conn
+
+    def _exchange(self, path: str, content: bytes | None) -> tuple[http.client.HTTPResponse, bytes]:
+        headers = dict(self._headers)
+        if content is not None:
+            headers["content-type"] = "application/json"
         try:
-            if body is None:
-                resp = self._http.post(path)
-            else:
-                content = body.model_dump_json().encode()
-                resp = self._http.post(path, content=content, headers={"content-type": "application/json"})
-        except httpx.TimeoutException as e:
-            raise VerifierUnreachable(f"{self.base_url}: timed out ({type(e).__name__})") from None
-        except httpx.TransportError as e:
+            conn = self._connection()
+            conn.request("POST", self._prefix + path, body=content, headers=headers)
+            resp = conn.getresponse()
+            return resp, resp.read()
+        except BaseException as e:
+            self.close()  # a connection left mid-exchange cannot carry another request
+            if isinstance(e, TimeoutError):
+                raise VerifierUnreachable(f"{self.base_url}: timed out ({type(e).__name__})") from None
             tls = _tls_cause(e)
             if tls is not None:
                 detail = getattr(tls, "verify_message", None) or tls.reason or str(tls)
                 raise VerifierTlsError(f"{self.base_url}: TLS failed: {detail}") from None
-            raise VerifierUnreachable(f"{self.base_url}: {e or type(e).__name__}") from None
-        if resp.status_code != httpx.codes.OK:
-            raise _error_from(resp)
+            if isinstance(e, (OSError, http.client.HTTPException)):
+                raise VerifierUnreachable(f"{self.base_url}: {e or type(e).__name__}") from None
+            raise
+
+    def _post(self, path: str, body: BaseModel | None, answer: type[_M]) -> _M:
+        resp, content = self._exchange(path, None if body is None else body.model_dump_json().encode())
+        if resp.status != _OK:
+            raise _error_from(resp.status, resp.reason, resp.headers, content)
         try:
-            return answer.model_validate_json(resp.content)
+            return answer.model_validate_json(content)
         except ValidationError as e:
             first = e.errors()[0] if e.errors() else {"msg": str(e), "loc": ()}
             where = ".".join(str(p) for p in first["loc"]) or "body"
