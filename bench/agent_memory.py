@@ -65,12 +65,31 @@ print(json.dumps({"steps": steps, "third_party": third}))
 """
 
 
+def bytecode_env(cache: Path) -> dict[str, str]:
+    """This environment for an agent process, with the project's bytecode cached under `cache`
+    and the cache filled: an installed agent runs from .pyc files, while compiling a module
+    from source costs memory the agent would not spend (PYTHONDONTWRITEBYTECODE, set in some
+    development shells, forces that)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTEST_AGENT_")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(cache)
+    warm = f"import {', '.join(AGENT_MODULES)}"
+    subprocess.run([sys.executable, "-c", warm], env=env, check=True, timeout=120)
+    return env
+
+
 def import_breakdown(modules: tuple[str, ...] = AGENT_MODULES) -> tuple[list[tuple[str, int]], list[str]]:
     """(module, kB of RSS its import added) in import order, the first row being the bare
     interpreter's RSS; and the third-party packages loaded once all are imported."""
-    out = subprocess.run(
-        [sys.executable, "-c", _PROBE, *modules], capture_output=True, text=True, check=True, timeout=120
-    ).stdout
+    with tempfile.TemporaryDirectory(prefix="attest-agent-pycache-") as cache:
+        out = subprocess.run(
+            [sys.executable, "-c", _PROBE, *modules],
+            env=bytecode_env(Path(cache)),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
     data = json.loads(out)
     steps: list[tuple[str, int]] = [(str(n), int(kb)) for n, kb in data["steps"]]
     deltas = [steps[0]] + [(n, kb - steps[i][1]) for i, (n, kb) in enumerate(steps[1:])]
@@ -108,7 +127,7 @@ def run_agent(rounds: int, interval: float) -> tuple[int, int, int]:
                 ("--container-log", "container_log"),
             ]:
                 argv += [option, str(spec[key])]
-            env = {k: v for k, v in os.environ.items() if not k.startswith("ATTEST_AGENT_")}
+            env = bytecode_env(directory / "pycache")
             agent = subprocess.Popen(
                 argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
             )
