@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -154,7 +155,7 @@ def seed(url: str, nodes: int, soft_seed: bytes, soft_nodes: int) -> list[str]:
                         seq += 1
                         record = chain.make_record(seq, now, kind, node["name"], data, prev)
                         prev = record.hash
-                        audit.append(vars(record) | {"data": chain.canonical_json(record.data)})
+                        audit.append(dataclasses.asdict(record) | {"data": chain.canonical_json(record.data)})
                 conn.execute(insert(t.nodes), [n for n, _ in batch])
                 conn.execute(insert(t.verdicts), [v for _, v in batch])
                 conn.execute(insert(t.audit), audit)
@@ -168,7 +169,15 @@ def _listing(argv: list[str], env: dict[str, str], verifier_pid: int) -> Listing
     peak, cpu = e2e.rss_kb(verifier_pid, "VmHWM"), e2e.cpu_seconds(verifier_pid)
     t0 = time.perf_counter()
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
+    # The command's peak from its own /proc, sampled until it exits: wait4's ru_maxrss would be
+    # this process's, which the child's address space was before its exec.
+    hwm = 0
+    while True:
+        hwm = e2e.rss_kb(process.pid, "VmHWM") or hwm
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
+        time.sleep(0.05)
     process.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.perf_counter() - t0
     if process.returncode != 0:
@@ -180,7 +189,7 @@ def _listing(argv: list[str], env: dict[str, str], verifier_pid: int) -> Listing
     return Listing(
         seconds=elapsed,
         cpu_s=usage.ru_utime + usage.ru_stime,
-        rss_mb=usage.ru_maxrss / 1024,
+        rss_mb=hwm / 1024,
         verifier_cpu_s=e2e.cpu_seconds(verifier_pid) - cpu,
         verifier_mb=after / 1024,
         verifier_growth_mb=(after - peak) / 1024,
