@@ -192,8 +192,14 @@ def prepare(directory: Path, nodes: int) -> tuple[Path, list[str]]:
     return database, names
 
 
-def start_verifier(directory: Path, database: Path, cpus: set[int] | None = None) -> Verifier:
-    """The verifier as its own process; with `cpus`, pinned to them (from before it starts)."""
+def start_verifier(
+    directory: Path,
+    database: Path,
+    cpus: set[int] | None = None,
+    options: Sequence[str] = ("--log-level", "warning"),
+) -> Verifier:
+    """The verifier as its own process, with `options` added to its command line; with `cpus`,
+    pinned to them (from before it starts). Returns once it is ready (/readyz)."""
     port = _free_port()
     log = directory / "verifier.log"
     argv = [
@@ -207,8 +213,7 @@ def start_verifier(directory: Path, database: Path, cpus: set[int] | None = None
         str(directory / "pki" / pki.SERVER_KEY),
         "--database",
         f"sqlite:///{database}",
-        "--log-level",
-        "warning",
+        *options,
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATTEST_VERIFIER_")}
     with log.open("wb") as out:
@@ -221,7 +226,7 @@ def start_verifier(directory: Path, database: Path, cpus: set[int] | None = None
             if process.poll() is not None:
                 raise SystemExit(f"attest-verifier exited {process.returncode}:\n{log.read_text()}")
             try:
-                if c.get(f"https://127.0.0.1:{port}/healthz").status_code == 200:
+                if c.get(f"https://127.0.0.1:{port}/readyz").status_code == 200:
                     return verifier
             except httpx.TransportError:
                 pass

@@ -41,13 +41,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Final
 
-import httpx
-
-from attest import pki
 from attest.wire import Challenge
 from bench import admission, softload
 from bench.softload import _SoftNode as SoftNode
-from tests.verifier_process import free_port
 from webhook.config import Settings
 
 VERIFIER: Final = Path(sys.executable).with_name("attest-verifier")
@@ -77,44 +73,10 @@ def enroll_soft_nodes(database: Path, count: int) -> list[SoftNode]:
 
 
 def start_verifier(directory: Path, database: Path) -> admission.Verifier:
-    port = free_port()
-    log = directory / "verifier.log"
-    argv = [
-        str(VERIFIER),
-        "serve",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--tls-cert",
-        str(directory / "pki" / pki.SERVER_CERT),
-        "--tls-key",
-        str(directory / "pki" / pki.SERVER_KEY),
-        "--database",
-        f"sqlite:///{database}",
-        "--no-require-policy",
-        "--node-rate",
-        "0",
-        "--log-level",
-        "error",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTEST_VERIFIER_")}
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-    verifier = admission.Verifier(process, port, directory / "pki" / pki.CA_CERT, log)
-    context = ssl.create_default_context(cafile=str(verifier.ca_cert))
-    deadline = time.monotonic() + START_TIMEOUT
-    with httpx.Client(verify=context, trust_env=False) as client:
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"attest-verifier exited {process.returncode}:\n{log.read_text()}")
-            try:
-                if client.get(f"https://127.0.0.1:{port}/readyz").status_code == 200:
-                    return verifier
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                verifier.stop()
-                raise SystemExit(f"attest-verifier did not start:\n{log.read_text()}")
-            time.sleep(0.1)
+    # No policy needed (the soft nodes' evidence is judged on integrity) and no per-node rate
+    # limit: the benchmark drives each node far faster than a fleet would.
+    options = ("--no-require-policy", "--node-rate", "0", "--log-level", "error")
+    return admission.start_verifier(directory, database, options=options)
 
 
 # --- agent traffic ----------------------------------------------------------------------------

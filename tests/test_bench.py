@@ -49,3 +49,14 @@ def test_unknown_section_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
         bench_all.main(["--only", "appraisal,wrk"])
     assert e.value.code == 2
     assert "choose from appraisal, admission" in capsys.readouterr().err
+
+
+def test_overload_benchmark_runs() -> None:
+    from bench import overload
+
+    rows = {m: f for m, f, _ in overload.table_rows(seconds=1.0, admission_rate=50, nodes=8)}
+    ok, shed, failed = next(f for m, f in rows.items() if "requests ok / shed / failed" in m).split(" / ")
+    assert int(ok) > 0
+    assert int(failed) == 0  # shed answers are 503s with Retry-After, never errors
+    assert int(shed) >= 0
+    assert "rounds/s" in rows["overload: sustainable agent rate (closed loop)"]
