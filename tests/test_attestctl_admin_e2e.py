@@ -11,13 +11,10 @@ import hashlib
 import json
 import os
 import re
-import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.parse
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +31,10 @@ from attest.store.api import Enrollment
 from attest.store.sql import SqlStore
 from attest.tpm import Tpm, create_ek, read_ek_certificates
 from tests.conftest import BootedTpm, SwtpmFactory
+from tests.tlsfixtures import TlsFiles
+from tests.verifier_process import StartVerifier
 
-VERIFIER = Path(sys.executable).with_name("attest-verifier")
 ATTESTCTL = Path(sys.executable).with_name("attestctl")
-STARTUP_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -45,13 +42,6 @@ class Verifier:
     url: str
     tls: Path
     log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -63,60 +53,17 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def verifier(
-    tls: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_url: str
-) -> Iterator[Verifier]:
-    """A fresh verifier (empty database at `store_url`) on a free port, and attestctl's
-    environment set for it."""
-    port = _free_port()
-    log = tmp_path / "verifier.log"
-    argv = [
-        str(VERIFIER),
-        "serve",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--tls-cert",
-        str(tls / SERVER_CERT),
-        "--tls-key",
-        str(tls / SERVER_KEY),
-        "--admin-token-file",
-        str(tls / ADMIN_TOKEN),
-        "--database",
-        store_url,
-        "--log-level",
-        "warning",
-    ]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
-    url = f"https://127.0.0.1:{port}"
-    trust = ssl.create_default_context(cafile=tls / CA_CERT)
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"attest-verifier exited with {proc.returncode}:\n{log.read_text()}", pytrace=False
-                )
-            try:
-                if httpx.get(f"{url}/readyz", verify=trust, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"attest-verifier not ready in {STARTUP_SECONDS}s:\n{log.read_text()}", pytrace=False
-                )
-            time.sleep(0.1)
-        monkeypatch.setenv("ATTEST_VERIFIER", url)
-        monkeypatch.setenv("ATTEST_CA_CERT", str(tls / CA_CERT))
-        monkeypatch.setenv("ATTEST_TOKEN_FILE", str(tls / ADMIN_TOKEN))
-        yield Verifier(url, tls, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    tls: Path, monkeypatch: pytest.MonkeyPatch, store_url: str, start_verifier: StartVerifier
+) -> Verifier:
+    """A fresh verifier (empty database at `store_url`) with `attestctl certs init`'s files, ready,
+    and attestctl's environment set for it."""
+    files = TlsFiles(tls / CA_CERT, tls / SERVER_CERT, tls / SERVER_KEY)
+    flags = ("--admin-token-file", str(tls / ADMIN_TOKEN), "--log-level", "warning")
+    server = start_verifier(*flags, database=store_url, tls=files, wait_for="/readyz")
+    monkeypatch.setenv("ATTEST_VERIFIER", server.url)
+    monkeypatch.setenv("ATTEST_CA_CERT", str(tls / CA_CERT))
+    monkeypatch.setenv("ATTEST_TOKEN_FILE", str(tls / ADMIN_TOKEN))
+    return Verifier(server.url, tls, server.log)
 
 
 def ctl(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

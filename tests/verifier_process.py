@@ -1,11 +1,12 @@
 """`attest-verifier serve` as a real process, for the tests that call it over TLS:
 
-    start_verifier  (function) start_verifier(*flags, database=None, env=None) -> Server: HTTPS on a free
-                               127.0.0.1 port with a throwaway CA (tests.tlsfixtures); `database`
+    start_verifier  (function) start_verifier(*flags, database=None, env=None, tls=None,
+                               wait_for="/healthz") -> Server: HTTPS on a free 127.0.0.1 port
+                               with `tls` or a throwaway CA (tests.tlsfixtures); `database`
                                is a URL (`store_url` from tests/pg.py runs a test on SQLite and
                                on PostgreSQL), a SQLite file prepared before, or None for a new
                                SQLite file under tmp_path; `env` adds environment variables (the
-                               clock tests' libfaketime); returns once /healthz answers; every
+                               clock tests' libfaketime); returns once `wait_for` answers 200; every
                                process is killed at teardown
 
 The flags are the caller's (--ek-roots, --admin-token-file, --admission-freshness, ...), and
@@ -81,10 +82,14 @@ def start_verifier(tmp_path: Path) -> Iterator[StartVerifier]:
     started: list[Server] = []
 
     def start(
-        *flags: str, database: Path | str | None = None, env: Mapping[str, str] | None = None
+        *flags: str,
+        database: Path | str | None = None,
+        env: Mapping[str, str] | None = None,
+        tls: TlsFiles | None = None,
+        wait_for: str = "/healthz",
     ) -> Server:
         n = len(started)
-        tls = write_tls(tmp_path / f"tls{n}")
+        tls = tls or write_tls(tmp_path / f"tls{n}")
         if not isinstance(database, str):
             database = f"sqlite:///{database or tmp_path / f'verifier{n}.db'}"
         port = free_port()
@@ -114,7 +119,7 @@ def start_verifier(tmp_path: Path) -> Iterator[StartVerifier]:
                 if process.poll() is not None:
                     raise AssertionError(f"verifier exited {process.returncode}:\n{log.read_text()}")
                 try:
-                    if client.get("/healthz").status_code == 200:
+                    if client.get(wait_for).status_code == 200:
                         return server
                 except httpx.TransportError:
                     pass
