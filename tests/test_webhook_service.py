@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
-import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +19,7 @@ from attest.verify.quote import AK_REQUIRED
 from attest.verify.tpmstructs import ObjectAttr
 from attest.wire import ActivateRequest, EkEnrollRequest, PolicyIn, VerdictOut
 from swtpm.measuredboot import BootProfile
+from tests.webhook_api import Secrets
 from tests.webhook_support import NOW, FakeStore, SoftAk, SoftNode, TestCa, policy_text, software_ima
 from webhook.admin import Admin, node_state
 from webhook.config import Settings
@@ -37,17 +37,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += dt.timedelta(seconds=seconds)
-
-
-class Secrets:
-    """secrets.token_bytes, remembering what it gave: the test plays the TPM that would decrypt."""
-
-    def __init__(self) -> None:
-        self.last = b""
-
-    def __call__(self, n: int) -> bytes:
-        self.last = secrets.token_bytes(n)
-        return self.last
 
 
 @dataclasses.dataclass

@@ -5,6 +5,7 @@ Registered as a plugin in tests/conftest.py so every HTTP-level test file shares
 from __future__ import annotations
 
 import base64
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,12 +22,12 @@ ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class Secrets:
+    """secrets.token_bytes, remembering what it gave: the test plays the TPM that would decrypt."""
+
     def __init__(self) -> None:
         self.last = b""
 
     def __call__(self, n: int) -> bytes:
-        import secrets
-
         self.last = secrets.token_bytes(n)
         return self.last
 
